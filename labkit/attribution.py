@@ -1,0 +1,123 @@
+"""What every explanation method shares: its inputs, its targets, its result, its upsampling.
+
+One call shape for every method::
+
+    explanation = method(model, images, target=None, **options)
+
+``model`` is a :class:`labkit.models.Backbone` (its Keras model, on the torch backend) or a torch
+``nn.Module`` taking the same preprocessed NHWC batch (the torch twin from ``labkit.keras_to_torch``).
+``images`` are RGB pixels in [0, 255], (H, W, 3) or (N, H, W, 3); a preprocessed torch tensor is
+accepted as-is when ``preprocessed=True``. ``target`` is None (each image's predicted class), one class
+index for the whole batch, or one per image. The result is an :class:`Explanation` whose ``maps`` are
+(N, H, W) at the input resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from skimage.transform import resize
+
+from .models import Backbone
+
+
+@dataclass
+class Explanation:
+    """Maps (N, H, W) at input resolution, the raw low-resolution maps when the method has them, and the targets."""
+
+    method: str
+    maps: np.ndarray
+    targets: np.ndarray
+    raw: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+
+def prepare(model, images, preprocessed: bool = False) -> torch.Tensor:
+    """The batch as a preprocessed float32 NHWC tensor on the model's device."""
+    if isinstance(model, Backbone):
+        if preprocessed:
+            x = torch.as_tensor(images, dtype=torch.float32)
+            x = model.check_images(x)
+            return x.to(model.device)
+        return model.tensor(images)
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images, dtype=torch.float32)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise ValueError(f"images must be (N, H, W, C) or (H, W, C), got shape {tuple(x.shape)}")
+    try:
+        dev = next(model.parameters()).device
+    except StopIteration:
+        dev = x.device
+    return x.to(dev)
+
+
+SCORES = ("logit", "probability")
+
+
+def _keras_logits(backbone: Backbone, x: torch.Tensor) -> torch.Tensor:
+    """Pre-softmax class scores of a Keras model whose last Dense layer has a softmax activation."""
+    import keras
+
+    head = backbone.model.layers[-1]
+    cached = getattr(backbone, "_penultimate", None)
+    if cached is None or cached[0] is not backbone.model:
+        penultimate = keras.Model(backbone.model.inputs, head.input, name=f"{backbone.name}_penultimate")
+        cached = (backbone.model, penultimate)
+        backbone._penultimate = cached  # built once per backbone: making a keras.Model costs milliseconds
+    h = cached[1](x)
+    return keras.ops.matmul(h, head.kernel) + head.bias
+
+
+def class_scores(model, x: torch.Tensor, score: str = "logit") -> torch.Tensor:
+    """(N, C) class scores of a preprocessed batch: the logit (before softmax) or the probability."""
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    if isinstance(model, Backbone):
+        if score == "probability":
+            return model.model(x)
+        return _keras_logits(model, x)
+    if score == "logit" and hasattr(model, "logits"):
+        return model.logits(x)
+    if score == "logit" and isinstance(model, torch.nn.Sequential) and isinstance(model[-1], torch.nn.Softmax):
+        return model[:-1](x)
+    out = model(x)
+    return torch.softmax(out, dim=1) if score == "probability" and not _is_softmax_output(model) else out
+
+
+def _is_softmax_output(model) -> bool:
+    return isinstance(model, torch.nn.Sequential) and isinstance(model[-1], torch.nn.Softmax) or bool(
+        getattr(model, "outputs_probabilities", False)
+    )
+
+
+def resolve_targets(target, scores: torch.Tensor) -> torch.Tensor:
+    """Target class per image: the argmax of ``scores`` (N, C) when target is None; checked against C."""
+    n, c = scores.shape
+    if target is None:
+        return scores.argmax(dim=1)
+    t = torch.as_tensor(target, dtype=torch.long, device=scores.device).reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(n)
+    if t.numel() != n:
+        raise ValueError(f"got {t.numel()} targets for {n} images: give one class index, or one per image")
+    bad = t[(t < 0) | (t >= c)]
+    if bad.numel():
+        raise ValueError(f"class index {int(bad[0])} is out of range: the model has {c} classes (0..{c - 1})")
+    return t.clone()
+
+
+def upsample(maps: np.ndarray, size: tuple[int, int], order: int = 1) -> np.ndarray:
+    """Low-resolution maps (N, h, w) to (N, H, W) with scikit-image (bilinear by default)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.shape[1:] == tuple(size):
+        return maps.copy()
+    return np.stack([resize(m, size, order=order, mode="edge", anti_aliasing=False) for m in maps]).astype(np.float32)
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()

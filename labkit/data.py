@@ -1,0 +1,315 @@
+"""Images for the lab: a procedural shapes dataset, the real photos that ship offline, and loaders.
+
+The shapes dataset is what the embedded ``minivgg`` backbone is trained on. Every image holds one object
+of one of :data:`CLASSES` at a random position, scale, rotation and colour, on a cluttered background cut
+from real textures and photos, with distractor strokes that belong to no class. Each image comes with the
+object's ground-truth mask, so explanation maps can be scored (does the map point at the object?).
+
+Image ``i`` of a dataset with seed ``s`` depends only on ``(s, i)``: any slice, in any order or batch
+size, gives the same pixels.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from skimage import data as skdata
+from skimage import draw
+from skimage.transform import rescale, resize
+from tqdm.auto import tqdm
+
+IMAGE_SIZE = 96
+CLASSES = ("circle", "square", "triangle", "star", "cross", "ring")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+# Object radius in pixels at IMAGE_SIZE = 96. Objects stay well inside the frame and are small
+# enough that "always point at the image centre" rarely hits one (see tests/test_data.py).
+_RADIUS = (11.0, 19.0)
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """A batch of procedural images: ``images`` (N, H, W, 3) uint8 RGB, ``labels`` (N,), ``masks`` (N, H, W) bool."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return CLASSES
+
+
+@functools.lru_cache(maxsize=1)
+def _textures() -> tuple[np.ndarray, ...]:
+    """Real textures and photos shipped by scikit-image and scikit-learn, as float32 RGB in [0, 1].
+
+    Each one is kept at two scales so that the clutter has both fine and coarse structure.
+    """
+    from sklearn.datasets import load_sample_images
+
+    grey = [skdata.brick(), skdata.grass(), skdata.gravel()]
+    colour = [skdata.coffee(), skdata.rocket(), *load_sample_images().images]
+    sources = [np.repeat(g[..., None], 3, axis=2) for g in grey] + list(colour)
+    out = []
+    for src in sources:
+        src = src.astype(np.float32) / 255.0
+        for scale in (0.5, 0.25):
+            out.append(rescale(src, scale, channel_axis=2, anti_aliasing=True).astype(np.float32))
+    return tuple(out)
+
+
+def _shape_polygon(label: int, radius: float, angle: float, cy: float, cx: float):
+    """Vertices (rows, cols) of a polygonal class, or None for the round ones."""
+    name = CLASSES[label]
+    if name == "square":
+        t = np.arange(4) * np.pi / 2 + np.pi / 4
+        r = np.full(4, radius)
+    elif name == "triangle":
+        t = np.arange(3) * 2 * np.pi / 3
+        r = np.full(3, radius)
+    elif name == "star":
+        t = np.arange(10) * np.pi / 5
+        r = np.where(np.arange(10) % 2 == 0, radius, 0.45 * radius)
+    elif name == "cross":
+        a = 0.32  # half-width of an arm, as a fraction of the radius
+        ys = np.array([-1, -1, -a, -a, a, a, 1, 1, a, a, -a, -a]) * radius
+        xs = np.array([-a, a, a, 1, 1, a, a, -a, -a, -1, -1, -a]) * radius
+        t = np.arctan2(ys, xs)
+        r = np.hypot(ys, xs)
+    else:
+        return None
+    t = t + angle
+    return cy + r * np.sin(t), cx + r * np.cos(t)
+
+
+def _object_mask(label: int, radius: float, angle: float, cy: float, cx: float, size: int) -> np.ndarray:
+    mask = np.zeros((size, size), dtype=bool)
+    poly = _shape_polygon(label, radius, angle, cy, cx)
+    if poly is not None:
+        mask[draw.polygon(poly[0], poly[1], shape=mask.shape)] = True
+    else:
+        mask[draw.disk((cy, cx), radius, shape=mask.shape)] = True
+        if CLASSES[label] == "ring":
+            mask[draw.disk((cy, cx), 0.55 * radius, shape=mask.shape)] = False
+    return mask
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    textures = _textures()
+    tex = textures[rng.integers(len(textures))]
+    y = rng.integers(tex.shape[0] - size + 1)
+    x = rng.integers(tex.shape[1] - size + 1)
+    bg = tex[y : y + size, x : x + size]
+    if rng.random() < 0.5:
+        bg = bg[:, ::-1]
+    # Random tint and contrast, pulled towards mid-grey: clutter, but not a second object.
+    tint = rng.uniform(0.6, 1.2, size=3).astype(np.float32)
+    contrast = rng.uniform(0.35, 0.8)
+    return np.clip(0.5 + contrast * (bg * tint - 0.5), 0.0, 1.0)
+
+
+def _strokes(img: np.ndarray, rng: np.random.Generator) -> None:
+    """Distractors: thin open polylines of random colour, which look like no class."""
+    size = img.shape[0]
+    for _ in range(rng.integers(2, 5)):
+        colour = rng.uniform(0, 1, size=3)
+        y, x = rng.uniform(0, size, size=2)
+        heading = rng.uniform(0, 2 * np.pi)
+        for _ in range(rng.integers(1, 3)):
+            length = rng.uniform(0.15, 0.4) * size
+            y2, x2 = y + length * np.sin(heading), x + length * np.cos(heading)
+            rr, cc, val = draw.line_aa(int(y), int(x), int(y2), int(x2))
+            keep = (rr >= 0) & (rr < size) & (cc >= 0) & (cc < size)
+            rr, cc, val = rr[keep], cc[keep], val[keep, None]
+            img[rr, cc] = (1 - val) * img[rr, cc] + val * colour
+            y, x = y2, x2
+            heading += rng.choice([-1, 1]) * rng.uniform(0.3, 1.2)  # never a right angle cross
+
+
+def _one(seed: int, index: int, size: int) -> tuple[np.ndarray, int, np.ndarray]:
+    rng = np.random.default_rng([seed, index])
+    label = int(rng.integers(len(CLASSES)))
+    img = _background(rng, size).copy()
+    _strokes(img, rng)
+    scale = size / 96.0
+    radius = rng.uniform(*_RADIUS) * scale
+    margin = radius + 2
+    # Keep the image centre off the object, so pointing at the centre is a weak baseline.
+    while True:
+        cy, cx = rng.uniform(margin, size - margin, size=2)
+        if np.hypot(cy - size / 2, cx - size / 2) > radius:
+            break
+    mask = _object_mask(label, radius, rng.uniform(0, 2 * np.pi), cy, cx, size)
+    # Light object on a dark surround, or dark on light, so the object is always visible.
+    surround = img[mask].mean()
+    hue_colour = rng.dirichlet(np.ones(3)).astype(np.float32)
+    if surround < 0.5:
+        colour = 0.55 + 0.45 * hue_colour / hue_colour.max()
+    else:
+        colour = 0.35 * hue_colour / hue_colour.max()
+    shade = 1.0 + 0.08 * rng.standard_normal((int(mask.sum()), 1), dtype=np.float32)
+    img[mask] = colour * shade
+    img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(0.02)
+    np.clip(img, 0, 1, out=img)
+    return (img * 255 + 0.5).astype(np.uint8), label, mask
+
+
+def make_shapes(n: int, seed: int = 0, start: int = 0, size: int = IMAGE_SIZE, progress: bool = False) -> Shapes:
+    """Images ``start .. start+n-1`` of the shapes dataset with this ``seed``.
+
+    >>> batch = make_shapes(8, seed=1)
+    >>> batch.images.shape, batch.labels.shape, batch.masks.shape
+    ((8, 96, 96, 3), (8,), (8, 96, 96))
+    """
+    if n < 0 or start < 0:
+        raise ValueError(f"make_shapes needs n >= 0 and start >= 0, got n={n}, start={start}")
+    if size < 64:
+        raise ValueError(f"make_shapes needs size >= 64 so objects are recognisable, got size={size}")
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    labels = np.empty(n, dtype=np.int64)
+    masks = np.empty((n, size, size), dtype=bool)
+    for k in tqdm(range(n), desc="shapes", disable=not progress, leave=False):
+        images[k], labels[k], masks[k] = _one(seed, start + k, size)
+    return Shapes(images, labels, masks)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Real photos that ship offline
+
+
+def _sklearn_sample(name: str) -> np.ndarray:
+    from sklearn.datasets import load_sample_image
+
+    return load_sample_image(f"{name}.jpg")
+
+
+def _grace_hopper() -> np.ndarray:
+    import matplotlib.cbook
+
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+        return np.asarray(Image.open(f).convert("RGB"))
+
+
+SAMPLE_IMAGES = {
+    "chelsea": skdata.chelsea,  # a tabby cat
+    "coffee": skdata.coffee,  # a cup of coffee
+    "astronaut": skdata.astronaut,  # Eileen Collins
+    "rocket": skdata.rocket,  # a rocket on its launch pad
+    "china": functools.partial(_sklearn_sample, "china"),  # a Chinese temple
+    "flower": functools.partial(_sklearn_sample, "flower"),  # a flower close up
+    "grace_hopper": _grace_hopper,  # Grace Hopper in uniform
+}
+
+
+def sample_image(name: str) -> np.ndarray:
+    """A real photo that ships with the installed packages, as (H, W, 3) uint8 RGB at its own size."""
+    if name not in SAMPLE_IMAGES:
+        raise ValueError(f"unknown sample image {name!r}: choose one of {', '.join(sorted(SAMPLE_IMAGES))}")
+    img = np.asarray(SAMPLE_IMAGES[name]())
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    return np.ascontiguousarray(img[..., :3])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading a user's images
+
+
+def _pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode to (H, W, 3) float32 in [0, 255]; transparency is composited over white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        # 32-bit int and float images carry no range: take the smallest usual one that holds the data.
+        peak = float(arr.max()) if arr.size else 0.0
+        if img.mode.startswith("I;16"):
+            top = 65535.0
+        else:
+            top = next((t for t in (1.0, 255.0, 65535.0) if peak <= t and (t > 1.0 or img.mode == "F")), peak)
+        arr = np.clip(arr / top, 0, 1) * 255.0
+        return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.float32)
+    return np.asarray(img.convert("RGB"), dtype=np.float32)
+
+
+def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError(f"an image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
+    arr = arr[..., :3].astype(np.float32)
+    if np.issubdtype(np.asarray(arr).dtype, np.floating) and arr.size and arr.max() <= 1.0:
+        arr = arr * 255.0  # floats in [0, 1] are the other common convention
+    return np.clip(arr, 0, 255)
+
+
+def load_image(image, size: int | tuple[int, int] | None = None) -> np.ndarray:
+    """A file path (any format and mode Pillow reads) or an array, as (H, W, 3) uint8 RGB resized to ``size``.
+
+    ``size`` is the backbone's input size (``backbone.input_size``); None keeps the image's own size.
+    """
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"no image file at {path}: check the path")
+        try:
+            with Image.open(path) as img:
+                img.load()
+                rgb = _pil_to_rgb(img)
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise ValueError(f"cannot read {path} as an image ({type(exc).__name__}): use a JPEG or PNG file") from None
+    else:
+        rgb = _array_to_rgb(image)
+    if size is not None:
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        if rgb.shape[:2] != hw:
+            rgb = resize(rgb, hw, order=1, anti_aliasing=True, preserve_range=True)
+    return (np.clip(rgb, 0, 255) + 0.5).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Images from ``root/<class>/*``: ``images`` (N, H, W, 3) uint8, ``labels`` (N,), ``class_names``, ``paths``."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    paths: tuple[Path, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_folder(root, size: int | tuple[int, int], progress: bool = True) -> LabelledImages:
+    """A user's labelled images, one sub-folder per class (``root/cat/1.jpg``, ``root/dog/7.png``...).
+
+    Classes are the sub-folder names in sorted order; every image is resized to ``size``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no folder at {root}: give the folder that holds one sub-folder per class")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise ValueError(f"{root} has no class sub-folders: put each class's images in {root}/<class name>/")
+    files, labels = [], []
+    for label, d in enumerate(class_dirs):
+        found = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not found:
+            raise ValueError(f"class folder {d} has no images ({', '.join(IMAGE_EXTENSIONS)}): add some or remove it")
+        files += found
+        labels += [label] * len(found)
+    images = np.stack([load_image(p, size) for p in tqdm(files, desc=f"loading {root.name}", disable=not progress)])
+    return LabelledImages(images, np.asarray(labels, dtype=np.int64), tuple(d.name for d in class_dirs), tuple(files))

@@ -1,0 +1,401 @@
+"""Backbones: the embedded ``minivgg`` (ships in ``data/``) and the course's ``vgg16`` (ImageNet weights).
+
+``load(name)`` returns a :class:`Backbone`: the frozen Keras model together with everything the methods
+need to use it — preprocess/deprocess, class names, input size, last conv layer, and the value of a
+"medium grey" pixel after preprocessing (0 for both, which is what occlusion fills with).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+import torch
+from keras import layers
+from tqdm.auto import tqdm
+
+from . import data as lkdata
+
+DATA_DIR = Path(os.environ.get("LABKIT_DATA", Path(__file__).resolve().parent.parent / "data"))
+MINIVGG_WEIGHTS = "minivgg.weights.h5"
+MINIVGG_META = "minivgg.json"
+
+# The course's model: Keras' VGG16 with top. Keras publishes the md5 of the file, not its sha256;
+# an instructor who has fetched it once can pin the sha256 that `labkit fetch` prints.
+VGG16_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
+VGG16_URL = "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/" + VGG16_FILE
+VGG16_MD5 = "64373286793e3c8b2b4e3219cbf3544b"
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+
+BACKBONES = ("minivgg", "vgg16")
+
+
+class WeightsError(RuntimeError):
+    """Weights are missing, corrupt or could not be downloaded."""
+
+
+def device() -> torch.device:
+    """Where Keras (torch backend) puts models and tensors: CUDA when torch sees a GPU, else the CPU."""
+    from keras.src.backend.torch.core import get_device
+
+    return torch.device(get_device())
+
+
+# ----------------------------------------------------------------------------------------------------
+# The Backbone object
+
+
+def _minivgg_preprocess(x):
+    return x / 127.5 - 1.0
+
+
+def _minivgg_deprocess(x):
+    return (x + 1.0) * 127.5
+
+
+def _caffe_preprocess(x):
+    """Keras' VGG16 preprocessing ('caffe'): RGB -> BGR, ImageNet mean subtracted, no scaling."""
+    if isinstance(x, torch.Tensor):
+        return x.flip(-1) - torch.as_tensor(CAFFE_MEAN_BGR, device=x.device, dtype=x.dtype)
+    return x[..., ::-1] - CAFFE_MEAN_BGR
+
+
+def _caffe_deprocess(x):
+    if isinstance(x, torch.Tensor):
+        return (x + torch.as_tensor(CAFFE_MEAN_BGR, device=x.device, dtype=x.dtype)).flip(-1)
+    return (x + CAFFE_MEAN_BGR)[..., ::-1]
+
+
+@dataclass
+class Backbone:
+    """A frozen Keras image classifier with what it takes to feed it and to read its answers."""
+
+    name: str
+    model: keras.Model
+    class_names: tuple[str, ...]
+    input_size: tuple[int, int]
+    last_conv_layer: str
+    grey: float
+    _preprocess: Callable = field(repr=False)
+    _deprocess: Callable = field(repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def device(self) -> torch.device:
+        return device()
+
+    def check_images(self, images) -> np.ndarray | torch.Tensor:
+        """(H, W, 3) or (N, H, W, 3) RGB at the input size, as a batch; anything else is a one-line error."""
+        if images.ndim == 3:
+            images = images[None]
+        h, w = self.input_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (h, w, 3):
+            raise ValueError(
+                f"{self.name} takes RGB images of shape (N, {h}, {w}, 3) or ({h}, {w}, 3), got {tuple(images.shape)}: "
+                f"resize with labkit.data.load_image(image, {h})"
+            )
+        return images
+
+    def preprocess(self, images):
+        """RGB pixels in [0, 255] (N, H, W, 3) to model input; numpy in, numpy out; torch in, torch out."""
+        images = self.check_images(images)
+        if isinstance(images, torch.Tensor):
+            return self._preprocess(images.float())
+        return np.ascontiguousarray(self._preprocess(np.asarray(images, dtype=np.float32)), dtype=np.float32)
+
+    def deprocess(self, x) -> np.ndarray:
+        """Model input back to displayable uint8 RGB."""
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+        return np.clip(self._deprocess(np.asarray(x, dtype=np.float32)) + 0.5, 0, 255).astype(np.uint8)
+
+    def tensor(self, images) -> torch.Tensor:
+        """Preprocessed images as a float32 torch tensor on the backbone's device."""
+        if isinstance(images, torch.Tensor):
+            return self.preprocess(images.to(self.device))
+        return torch.from_numpy(self.preprocess(images)).to(self.device)
+
+    def predict(self, images, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """Class probabilities (N, num_classes) for RGB images."""
+        images = self.check_images(images)
+        out = []
+        starts = range(0, len(images), batch_size)
+        with torch.no_grad():
+            for s in tqdm(starts, desc=f"{self.name} predict", disable=not progress, leave=False):
+                out.append(self.model(self.tensor(images[s : s + batch_size])).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
+
+    def top_k(self, image, k: int = 5) -> list[tuple[int, str, float]]:
+        """The k most probable classes of one image: (index, name, probability)."""
+        probs = self.predict(image)[0]
+        order = np.argsort(probs)[::-1][:k]
+        return [(int(i), self.class_names[i], float(probs[i])) for i in order]
+
+    def layer(self, name: str) -> keras.layers.Layer:
+        """A layer by name, or a one-line error that lists the names."""
+        try:
+            return self.model.get_layer(name)
+        except ValueError:
+            names = ", ".join(l.name for l in self.model.layers)
+            raise ValueError(f"{self.name} has no layer {name!r}: choose one of {names}") from None
+
+    def conv_layers(self) -> list[str]:
+        return [l.name for l in self.model.layers if isinstance(l, layers.Conv2D)]
+
+
+def freeze(model: keras.Model) -> keras.Model:
+    """Make every weight non-trainable (on the torch backend this sets requires_grad=False).
+
+    Frozen weights are what lets gradients w.r.t. the *input* be taken cleanly, and it stops a student's
+    experiment from touching the backbone.
+    """
+    model.trainable = False
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------
+# minivgg: the embedded backbone
+
+MINIVGG_WIDTHS = (8, 16, 32, 64, 128)
+MINIVGG_CONVS = (2, 2, 3, 3, 3)  # as in VGG16
+MINIVGG_FC = 256
+
+
+def build_minivgg(
+    input_size: int = lkdata.IMAGE_SIZE,
+    num_classes: int = len(lkdata.CLASSES),
+    widths=MINIVGG_WIDTHS,
+    fc: int = MINIVGG_FC,
+) -> keras.Model:
+    """VGG16's architecture with top, narrower: the same layer names, ReLU fused into the convs.
+
+    He initialisation, not Keras' default Glorot: with 15 ReLU layers and no batch norm, Glorot halves
+    the signal's variance at every layer and training often never leaves chance.
+    """
+    init = "he_uniform"
+    inputs = keras.Input((input_size, input_size, 3), name="input_layer")
+    x = inputs
+    for b, (width, n_convs) in enumerate(zip(widths, MINIVGG_CONVS), start=1):
+        for i in range(1, n_convs + 1):
+            x = layers.Conv2D(width, 3, padding="same", activation="relu", kernel_initializer=init, name=f"block{b}_conv{i}")(x)
+        x = layers.MaxPooling2D(2, strides=2, name=f"block{b}_pool")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(fc, activation="relu", kernel_initializer=init, name="fc1")(x)
+    x = layers.Dense(fc, activation="relu", kernel_initializer=init, name="fc2")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name="minivgg")
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def minivgg_metadata() -> dict:
+    path = DATA_DIR / MINIVGG_META
+    if not path.is_file():
+        raise WeightsError(f"no {path}: the bundled minivgg is missing; run `make weights` to train it")
+    return json.loads(path.read_text())
+
+
+def minivgg_backbone(model: keras.Model, class_names=lkdata.CLASSES) -> Backbone:
+    """Wrap a minivgg-shaped Keras model (trained or not) as a frozen Backbone."""
+    size = int(model.input_shape[1])
+    return Backbone(
+        name="minivgg",
+        model=freeze(model),
+        class_names=tuple(class_names),
+        input_size=(size, size),
+        last_conv_layer="block5_conv3",
+        grey=0.0,  # mid-grey 127.5 maps to 0
+        _preprocess=_minivgg_preprocess,
+        _deprocess=_minivgg_deprocess,
+    )
+
+
+def _load_minivgg(weights="bundled") -> Backbone:
+    if weights is None:  # the untrained architecture, for tests
+        return minivgg_backbone(build_minivgg())
+    meta = minivgg_metadata()
+    model = build_minivgg(meta["input_size"], len(meta["classes"]), tuple(meta["widths"]), meta["fc"])
+    path = DATA_DIR / MINIVGG_WEIGHTS if weights == "bundled" else Path(weights)
+    if not path.is_file():
+        raise WeightsError(f"no minivgg weights at {path}: run `make weights` to train them")
+    if weights == "bundled" and sha256_of(path) != meta["sha256"]:
+        raise WeightsError(f"{path} does not match the sha256 in {MINIVGG_META}: restore it with `git checkout data/`")
+    model.load_weights(path)
+    return minivgg_backbone(model, meta["classes"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# vgg16: the course's model
+
+
+def keras_cache_dir() -> Path:
+    """Keras' own cache folder (``$KERAS_HOME/models``, default ``~/.keras/models``), where VGG16 weights live."""
+    from keras.src.backend.config import keras_home
+
+    return Path(os.environ.get("KERAS_HOME") or keras_home()) / "models"
+
+
+def vgg16_cached_path() -> Path:
+    return keras_cache_dir() / VGG16_FILE
+
+
+def imagenet_classes() -> tuple[str, ...]:
+    """The 1000 ImageNet class names bundled with torchvision (Keras' decode_predictions downloads them)."""
+    from torchvision.models import VGG16_Weights
+
+    return tuple(VGG16_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def _check_hash(path: Path, sha256: str | None) -> None:
+    """Verify ``path`` against a pinned sha256, or against Keras' published md5 when none is pinned."""
+    if sha256:
+        digest = sha256_of(path)
+        if digest != sha256.lower():
+            raise WeightsError(f"checksum mismatch for {path.name}: sha256 {digest}, expected {sha256}")
+    else:
+        md5 = hashlib.md5(path.read_bytes()).hexdigest()
+        if md5 != VGG16_MD5:
+            raise WeightsError(f"checksum mismatch for {path.name}: md5 {md5}, expected Keras' {VGG16_MD5}")
+
+
+def fetch_vgg16(source: str | None = None, sha256: str | None = None, timeout: float = 10.0, progress: bool = True) -> Path:
+    """Put VGG16's ImageNet weights in Keras' cache (where ``keras.applications.VGG16`` looks) and verify them.
+
+    ``source`` is a URL or a local file (default: Keras' download address, or ``LABKIT_VGG16_URL``).
+    ``sha256`` pins the file's checksum (default ``LABKIT_VGG16_SHA256``; without one, Keras' md5 is checked).
+    The file is written under a temporary name and moved into place only once it is complete and
+    verified, so a failed or interrupted transfer never leaves a half-written file in the cache.
+    """
+    source = source or os.environ.get("LABKIT_VGG16_URL") or VGG16_URL
+    sha256 = sha256 or os.environ.get("LABKIT_VGG16_SHA256") or None
+    dest = vgg16_cached_path()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{VGG16_FILE}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if "://" not in source:
+                src = Path(source)
+                if not src.is_file():
+                    raise WeightsError(f"no weights file at {src}: check the path")
+                with open(src, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+            else:
+                _download(source, out, timeout, progress)
+        _check_hash(tmp, sha256)
+        os.replace(tmp, dest)
+        return dest
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _download(url: str, out, timeout: float, progress: bool) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            total = int(resp.headers.get("Content-Length") or 0)
+            got = 0
+            with tqdm(total=total or None, unit="B", unit_scale=True, desc=VGG16_FILE, disable=not progress) as bar:
+                while chunk := resp.read(1 << 20):
+                    out.write(chunk)
+                    got += len(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        if isinstance(exc, WeightsError):
+            raise
+        raise WeightsError(f"could not download {url} ({getattr(exc, 'reason', exc)})") from None
+    if total and got != total:
+        raise WeightsError(f"download of {url} was cut short: {got} of {total} bytes")
+
+
+def _vgg16_weights_path(weights) -> Path | None:
+    if weights is None:
+        return None
+    if weights != "imagenet":
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsError(f"no VGG16 weights file at {path}: check the path")
+        return path
+    env = os.environ.get("LABKIT_VGG16_WEIGHTS")
+    if env:
+        if not Path(env).is_file():
+            raise WeightsError(f"LABKIT_VGG16_WEIGHTS={env} is not a file: fix or unset it")
+        return Path(env)
+    cached = vgg16_cached_path()
+    if cached.is_file():
+        return cached
+    try:
+        return fetch_vgg16(timeout=10.0)
+    except WeightsError as exc:
+        raise WeightsError(
+            f"VGG16's ImageNet weights are not cached and {exc}: run `labkit fetch vgg16` on a machine with internet, "
+            "or name a local copy with load('vgg16', weights=PATH) / LABKIT_VGG16_WEIGHTS=PATH"
+        ) from None
+
+
+def _load_vgg16(weights="imagenet") -> Backbone:
+    path = _vgg16_weights_path(weights)
+    model = keras.applications.VGG16(weights=None, include_top=True)
+    if path is not None:
+        model.load_weights(path)
+    return Backbone(
+        name="vgg16",
+        model=freeze(model),
+        class_names=imagenet_classes(),
+        input_size=(224, 224),
+        last_conv_layer="block5_conv3",
+        grey=0.0,  # the ImageNet mean colour maps to 0 under caffe preprocessing
+        _preprocess=_caffe_preprocess,
+        _deprocess=_caffe_deprocess,
+    )
+
+
+def load(name: str = "minivgg", weights="default") -> Backbone:
+    """A frozen backbone: ``minivgg`` (bundled) or ``vgg16`` (ImageNet weights; ``weights=None`` for random ones).
+
+    ``weights`` may also name a weights file.
+    """
+    if name == "minivgg":
+        return _load_minivgg("bundled" if weights == "default" else weights)
+    if name == "vgg16":
+        return _load_vgg16("imagenet" if weights == "default" else weights)
+    raise ValueError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
+
+
+def backbone_state(name: str) -> str:
+    """'bundled', 'cached', 'local file' or 'missing' — for `labkit info`."""
+    if name == "minivgg":
+        return "bundled" if (DATA_DIR / MINIVGG_WEIGHTS).is_file() else "missing (run `make weights`)"
+    if os.environ.get("LABKIT_VGG16_WEIGHTS"):
+        ok = Path(os.environ["LABKIT_VGG16_WEIGHTS"]).is_file()
+        return f"local file {os.environ['LABKIT_VGG16_WEIGHTS']}" + ("" if ok else " (MISSING)")
+    if vgg16_cached_path().is_file():
+        return f"cached at {vgg16_cached_path()}"
+    return "missing (run `labkit fetch vgg16`)"
+
+
+def evaluate(backbone: Backbone, n: int = 2000, seed: int = 1, progress: bool = True) -> float:
+    """Top-1 accuracy on ``n`` freshly generated shapes images (seed 1 is never used for training)."""
+    if backbone.name != "minivgg":
+        raise ValueError("evaluate runs on the procedural shapes dataset, which only minivgg was trained on")
+    test = lkdata.make_shapes(n, seed=seed, size=backbone.input_size[0], progress=progress)
+    probs = backbone.predict(test.images, batch_size=128, progress=progress)
+    return float((probs.argmax(1) == test.labels).mean())
