@@ -1,4 +1,4 @@
-"""The `labkit` command: info, fetch, evaluate (and the lab's other tools as they are added)."""
+"""The `labkit` command: info, fetch, evaluate, explain, release."""
 
 from __future__ import annotations
 
@@ -69,12 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=1, help="dataset seed (default 1, never used in training)")
     s.set_defaults(func=_evaluate)
 
-    for extra in ("labkit.explain", "labkit.release"):
-        try:
-            module = __import__(extra, fromlist=["add_parser"])
-        except ImportError:
-            continue
-        module.add_parser(sub)
+    from labkit import explain, release
+
+    explain.add_parser(sub)
+    release.add_parser(sub)
     return p
 
 

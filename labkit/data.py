@@ -134,19 +134,21 @@ def _strokes(img: np.ndarray, rng: np.random.Generator) -> None:
             heading += rng.choice([-1, 1]) * rng.uniform(0.3, 1.2)  # never a right angle cross
 
 
-def _one(seed: int, index: int, size: int) -> tuple[np.ndarray, int, np.ndarray]:
-    rng = np.random.default_rng([seed, index])
-    label = int(rng.integers(len(CLASSES)))
-    img = _background(rng, size).copy()
-    _strokes(img, rng)
-    scale = size / 96.0
-    radius = rng.uniform(*_RADIUS) * scale
+def _draw_object(img: np.ndarray, rng: np.random.Generator, label: int, centre_box=None) -> np.ndarray:
+    """Paint one object of class ``label`` into ``img`` (in place); return its mask."""
+    size = img.shape[0]
+    radius = rng.uniform(*_RADIUS) * size / 96.0
     margin = radius + 2
-    # Keep the image centre off the object, so pointing at the centre is a weak baseline.
-    while True:
-        cy, cx = rng.uniform(margin, size - margin, size=2)
-        if np.hypot(cy - size / 2, cx - size / 2) > radius:
-            break
+    if centre_box is None:
+        # Keep the image centre off the object, so pointing at the centre is a weak baseline.
+        while True:
+            cy, cx = rng.uniform(margin, size - margin, size=2)
+            if np.hypot(cy - size / 2, cx - size / 2) > radius:
+                break
+    else:
+        (y0, y1), (x0, x1) = centre_box
+        radius = min(radius, (y1 - y0) / 2 - 2, (x1 - x0) / 2 - 2)
+        cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
     mask = _object_mask(label, radius, rng.uniform(0, 2 * np.pi), cy, cx, size)
     # Light object on a dark surround, or dark on light, so the object is always visible.
     surround = img[mask].mean()
@@ -157,9 +159,41 @@ def _one(seed: int, index: int, size: int) -> tuple[np.ndarray, int, np.ndarray]
         colour = 0.35 * hue_colour / hue_colour.max()
     shade = 1.0 + 0.08 * rng.standard_normal((int(mask.sum()), 1), dtype=np.float32)
     img[mask] = colour * shade
+    return mask
+
+
+def _finish(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(0.02)
     np.clip(img, 0, 1, out=img)
-    return (img * 255 + 0.5).astype(np.uint8), label, mask
+    return (img * 255 + 0.5).astype(np.uint8)
+
+
+def _one(seed: int, index: int, size: int) -> tuple[np.ndarray, int, np.ndarray]:
+    rng = np.random.default_rng([seed, index])
+    label = int(rng.integers(len(CLASSES)))
+    img = _background(rng, size).copy()
+    _strokes(img, rng)
+    mask = _draw_object(img, rng, label)
+    return _finish(img, rng), label, mask
+
+
+def two_objects(first: str, second: str, seed: int = 0, size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """One image with two objects of different classes, left and right: for class-discriminative maps.
+
+    Returns the image (H, W, 3) uint8 and the two masks (2, H, W), in the order of the names.
+    """
+    labels = [CLASSES.index(n) if n in CLASSES else None for n in (first, second)]
+    if None in labels:
+        raise ValueError(f"unknown class in ({first!r}, {second!r}): choose from {', '.join(CLASSES)}")
+    rng = np.random.default_rng([seed, 2**31])
+    img = _background(rng, size).copy()
+    _strokes(img, rng)
+    half, pad = size // 2, size // 16
+    masks = np.stack([
+        _draw_object(img, rng, labels[0], ((half - 3 * pad - half // 2, half - 3 * pad + half // 2), (pad, half - pad))),
+        _draw_object(img, rng, labels[1], ((half + 3 * pad - half // 2, half + 3 * pad + half // 2), (half + pad, size - pad))),
+    ])
+    return _finish(img, rng), masks
 
 
 def make_shapes(n: int, seed: int = 0, start: int = 0, size: int = IMAGE_SIZE, progress: bool = False) -> Shapes:
@@ -313,3 +347,17 @@ def load_folder(root, size: int | tuple[int, int], progress: bool = True) -> Lab
         labels += [label] * len(found)
     images = np.stack([load_image(p, size) for p in tqdm(files, desc=f"loading {root.name}", disable=not progress)])
     return LabelledImages(images, np.asarray(labels, dtype=np.int64), tuple(d.name for d in class_dirs), tuple(files))
+
+
+def demo_images(backbone, n: int = 4, seed: int = 100) -> tuple[np.ndarray, list[str]]:
+    """Images to explain in the notebooks, right for the backbone: shapes for minivgg, real photos for vgg16.
+
+    Returns (N, H, W, 3) uint8 at the backbone's input size, and a caption for each (the true class for shapes,
+    the photo's name otherwise). The same notebook cells then work with either backbone.
+    """
+    h, w = backbone.input_size
+    if backbone.name == "minivgg":
+        shapes = make_shapes(n, seed=seed, size=h)
+        return shapes.images, [CLASSES[i] for i in shapes.labels]
+    names = ["chelsea", "coffee", "astronaut", "rocket", "grace_hopper", "china", "flower"][:n]
+    return np.stack([load_image(sample_image(name), (h, w)) for name in names]), names

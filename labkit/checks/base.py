@@ -1,0 +1,81 @@
+"""What every check shares: one line of PASS or HINT, and recognising mistakes by their answers.
+
+Every check prints one line: ``PASS ...`` or ``HINT ...`` (the first recognised mistake, phrased as what to
+look at, never as the answer), and returns True or False. A check never raises because of a student's
+mistake; it raises only when it is called wrongly (e.g. the wrong data passed in).
+
+Most checks work by *mutants*: the reference answer computed with one known mistake built in (no absolute
+value, a sum instead of a max...). A student's answer that matches a mutant gets that mutant's hint.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+import numpy as np
+
+
+class Hint(Exception):
+    """A recognised mistake; the message is what the student sees."""
+
+
+def report(stage: str, run) -> bool:
+    """Run ``run()`` (which returns the PASS message or raises Hint) and print one line."""
+    try:
+        message = run()
+    except Hint as hint:
+        print(f"HINT [{stage}] {hint}")
+        return False
+    print(f"PASS [{stage}] {message}")
+    return True
+
+
+def call_student(fn, *args, what: str = "your function", **kwargs):
+    """Call the student's code; its own exception becomes a hint naming the exception, not a traceback."""
+    if not callable(fn):
+        raise Hint(f"{what} should be a function, got a {type(fn).__name__}")
+    try:
+        return fn(*args, **kwargs)
+    except NotImplementedError:
+        raise Hint(f"{what} still raises NotImplementedError: replace the stub with your code") from None
+    except Exception as exc:  # noqa: BLE001 - any error in student code is reported, not raised
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        raise Hint(f"{what} raised {type(exc).__name__}: {exc} (line {where.lineno})") from None
+
+
+def as_array(value, what: str) -> np.ndarray:
+    """The student's answer as a float numpy array (torch tensors detached)."""
+    try:
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+    except ImportError:  # pragma: no cover
+        pass
+    if value is None:
+        raise Hint(f"{what} returned None: return the result")
+    arr = np.asarray(value, dtype=np.float64)
+    return arr
+
+
+def close(a, b, rtol: float = 1e-4, atol: float = 1e-6) -> bool:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return a.shape == b.shape and np.allclose(a, b, rtol=rtol, atol=atol * max(1.0, float(np.abs(b).max(initial=0))))
+
+
+def match(answer, reference, mutants: dict, what: str, shape_hint: str = "", rtol: float = 1e-4):
+    """Raise the hint of the first mutant the answer equals; raise a generic hint if it matches nothing.
+
+    ``mutants`` maps a hint to the answer that mistake produces (or to None when it does not apply here).
+    """
+    answer = np.asarray(answer, np.float64)
+    reference = np.asarray(reference, np.float64)
+    if close(answer, reference, rtol=rtol):
+        return
+    for hint, wrong in mutants.items():
+        if wrong is not None and close(answer, wrong, rtol=rtol):
+            raise Hint(hint)
+    if answer.shape != reference.shape:
+        raise Hint(f"{what} has shape {answer.shape}, expected {reference.shape}{shape_hint}")
+    raise Hint(f"{what} differs from the reference (largest difference {np.abs(answer - reference).max():.3g}): "
+               "re-read the formula in the text above")

@@ -1,0 +1,147 @@
+"""Guided backpropagation (Springenberg et al., 2015) and guided Grad-CAM (Selvaraju et al., 2017).
+
+Guided backprop is the input gradient with one change at every ReLU on the way back: only *positive*
+gradients pass, and only where the ReLU's input was positive::
+
+    grad_in = (x > 0) * clamp(grad_out, min=0)     (plain backprop: (x > 0) * grad_out)
+
+It needs the ReLUs as modules to hook, so :func:`guided_backprop` takes a torch model whose every ReLU
+is its own ``nn.ReLU`` (the torch twin from ``labkit.keras_to_torch.to_torch``). Keras fuses the ReLU
+into the conv layers, so there is nothing to hook in the Keras model: the course's simplified
+:func:`guided_backprop_keras_approx` only keeps the positive part of the plain input gradient at the
+input — it is **not** guided backprop, since the negative gradients still flow through every ReLU.
+
+Guided Grad-CAM is the product of the guided backprop gradient image and the upsampled Grad-CAM map,
+composed from :func:`guided_backprop` and :func:`labkit.gradcam.gradcam`.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+from .attribution import Explanation, prepare
+from .gradcam import gradcam
+from .models import Backbone
+from .saliency import input_gradient
+
+
+def _guided_hook(module, grad_input, grad_output):
+    # grad_input[0] is already the ReLU's own backward, (x > 0) * grad_out: clamping it keeps the positive part.
+    if grad_input[0] is None:  # the ReLU's input does not need a gradient
+        return None
+    return (grad_input[0].clamp(min=0),)
+
+
+@contextmanager
+def guided_relus(module: nn.Module):
+    """Make every ``nn.ReLU`` in ``module`` pass only positive gradients backwards, while the context is active.
+
+    In-place ReLUs are switched to ``inplace=False`` for the duration (a full backward hook cannot wrap an
+    in-place module). On exit — also after an exception — every hook is removed and every ``inplace``
+    flag restored. Functional ``torch.relu`` calls are not modules and are not guided.
+    """
+    relus = [m for m in module.modules() if isinstance(m, nn.ReLU)]
+    if not relus:
+        raise ValueError(
+            f"{type(module).__name__} has no nn.ReLU modules to guide: use a model with one nn.ReLU per activation "
+            "(labkit.keras_to_torch.to_torch builds one from a Keras model)"
+        )
+    handles, was_inplace = [], []
+    # Registering a full backward hook marks the module for good (torch then refuses a plain backward hook
+    # on it, which other tools use): remember the mark and put it back too.
+    marks = [(relu, relu._is_full_backward_hook) for relu in relus]
+    try:
+        for relu in relus:
+            if relu.inplace:
+                relu.inplace = False
+                was_inplace.append(relu)
+            handles.append(relu.register_full_backward_hook(_guided_hook))
+        yield module
+    finally:
+        for handle in handles:
+            handle.remove()
+        for relu in was_inplace:
+            relu.inplace = True
+        for relu, mark in marks:
+            relu._is_full_backward_hook = mark
+
+
+def guided_backprop(model, images, target=None, score: str = "logit", preprocessed: bool = False) -> Explanation:
+    """Springenberg et al.'s guided backprop on a torch model taking the preprocessed NHWC batch.
+
+    One forward and one backward for the batch. ``raw`` (N, H, W, 3) is the signed guided gradient
+    image (what the paper shows); ``maps`` (N, H, W) is max over channels of its absolute value.
+    """
+    if isinstance(model, Backbone):
+        raise ValueError(
+            "guided backprop hooks nn.ReLU modules, which Keras fuses into its convs: pass the torch twin "
+            "(labkit.keras_to_torch.to_torch(backbone.model)), or use guided_backprop_keras_approx(backbone, images)"
+        )
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch nn.Module, got {type(model).__name__}")
+    with guided_relus(model):  # the backward runs inside: the hooks act during backward, not forward
+        grad, targets = input_gradient(model, images, target, score, preprocessed)
+    raw = grad.detach().float().cpu().numpy()
+    return Explanation("guided_backprop", np.abs(raw).max(axis=-1), targets.cpu().numpy().astype(np.int64), raw)
+
+
+def guided_backprop_keras_approx(model, images, target=None, score: str = "logit", preprocessed: bool = False) -> Explanation:
+    """The course's SIMPLIFIED stand-in for a Keras model: the positive part of the plain input gradient.
+
+    NOT guided backprop: Keras fuses ReLU into the convs, so there is no ReLU module to hook, and the
+    negative gradients still flow through every hidden ReLU; only the final input gradient is clamped.
+    ``raw`` (N, H, W, 3) is ``max(d score / d x, 0)``; ``maps`` its max over channels. Works for any model.
+    """
+    grad, targets = input_gradient(model, images, target, score, preprocessed)
+    raw = grad.clamp(min=0).detach().float().cpu().numpy()
+    return Explanation("guided_backprop_keras_approx", raw.max(axis=-1), targets.cpu().numpy().astype(np.int64), raw)
+
+
+def guided_gradcam(
+    model,
+    images,
+    target=None,
+    layer=None,
+    twin: nn.Module | None = None,
+    score: str = "logit",
+    preprocessed: bool = False,
+) -> Explanation:
+    """Guided Grad-CAM: the guided backprop gradient image times the upsampled Grad-CAM map.
+
+    ``guided_gradcam(model, images, target=None, layer=None, twin=None, score="logit")``
+
+    * ``model``: what Grad-CAM runs on — a Backbone (``layer`` a Conv2D name) or a torch model.
+    * ``twin``: the torch model guided backprop runs on, taking the same preprocessed NHWC batch. Default:
+      ``model`` itself when it is a torch model; for a Backbone, ``labkit.keras_to_torch.to_torch`` of
+      its Keras model, built once and kept on the backbone.
+    The targets are Grad-CAM's (None: ``model``'s predicted class), passed on to guided backprop so that
+    both parts explain the same class. ``raw`` (N, H, W, 3) is the signed product, ``maps`` (N, H, W)
+    the guided backprop map times the Grad-CAM map.
+    """
+    x = prepare(model, images, preprocessed)
+    if twin is None:
+        twin = model if isinstance(model, nn.Module) else _torch_twin(model)
+    cam = gradcam(model, x, target, layer=layer, score=score, preprocessed=True)
+    guided = guided_backprop(twin, x, cam.targets, score=score, preprocessed=True)
+    return Explanation(
+        "guided_gradcam", guided.maps * cam.maps, cam.targets, guided.raw * cam.maps[..., None]
+    )
+
+
+def _torch_twin(backbone: Backbone) -> nn.Module:
+    cached = getattr(backbone, "_torch_twin", None)
+    if cached is not None and cached[0] is backbone.model:
+        return cached[1]
+    try:
+        from .keras_to_torch import to_torch
+    except ImportError:
+        raise ValueError(
+            "guided backprop needs a torch twin of the Keras model: pass twin=<a torch nn.Module with the same weights>"
+        ) from None
+    twin = to_torch(backbone.model)
+    backbone._torch_twin = (backbone.model, twin)  # converting copies every weight: do it once per backbone
+    return twin

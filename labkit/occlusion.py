@@ -1,0 +1,124 @@
+"""Occlusion (Zeiler & Fergus, 2014): slide a grey square over the image and watch the class probability.
+
+``raw[n, a, b]`` is the probability of image n's target class when the square whose top-left corner is
+at ``(a * stride, b * stride)`` is filled with grey — low values mark the parts the class needs.
+
+The grid is captum's: along an axis of length H there are ``ceil((H - size) / stride) + 1`` positions,
+starting at 0; when ``(H - size)`` is not a multiple of ``stride`` the last square hangs over the edge and
+is clipped. Every pixel is covered by at least one square (``stride <= size`` is required).
+
+``maps[n, y, x]`` is the **mean of the occluded probabilities of the squares covering pixel (y, x)**.
+This is exactly how captum's ``Occlusion`` spreads its attributions, so with the same grid and fill 0
+(``sliding_window_shapes=(size, size, 3)``, ``strides=(stride, stride, 3)``, ``baselines=0``)::
+
+    captum_attribution[n, y, x, :] == p_unoccluded[n] - maps[n, y, x]
+
+(captum attributes ``p_unoccluded - p_occluded``, averaged over the windows covering the pixel).
+
+Cost: one forward per position plus one for the unoccluded image (which gives the predicted class when
+``target`` is None), run ``per_pass`` occluded copies at a time under ``torch.no_grad``. The copies of
+all the images are streamed through the same passes, so the result depends neither on ``per_pass`` nor
+on how many images are explained together.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .attribution import Explanation, class_scores, prepare, resolve_targets, to_numpy
+from .models import Backbone
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    v = (value, value) if np.isscalar(value) else tuple(value)
+    if len(v) != 2 or not all(isinstance(i, (int, np.integer)) and i >= 1 for i in v):
+        raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
+    return int(v[0]), int(v[1])
+
+
+def grid(length: int, size: int, stride: int) -> torch.Tensor:
+    """(n, length) bool: row a is True on the pixels covered by the a-th square along this axis."""
+    n = math.ceil((length - size) / stride) + 1
+    starts = torch.arange(n)[:, None] * stride
+    pixels = torch.arange(length)[None, :]
+    return (pixels >= starts) & (pixels < starts + size)
+
+
+def occlusion(
+    model,
+    images,
+    target=None,
+    size=None,
+    stride=None,
+    fill=None,
+    per_pass: int = 16,
+    progress: bool = True,
+    preprocessed: bool = False,
+) -> Explanation:
+    """Zeiler & Fergus occlusion maps (see the module docstring for the grid and the upsampling).
+
+    ``size``: the square's side in pixels, an int or (height, width); default a eighth of the image
+    (12 for minivgg's 96, 28 for vgg16's 224). ``stride``: default ``size // 2``; at most ``size``.
+    ``fill``: the value of the square *after preprocessing*, a number or one per channel; default
+    ``backbone.grey`` (0: medium grey for both backbones; 0 for a torch model).
+    ``per_pass``: occluded copies per forward pass (memory against speed; the maps do not change).
+    ``raw`` (N, n_y, n_x) holds the target's probability per square position; ``maps`` (N, H, W) the mean
+    over the squares covering each pixel.
+    """
+    x = prepare(model, images, preprocessed)
+    n, h, w, c = x.shape
+    sy, sx = _pair(size if size is not None else max(1, min(h, w) // 8), "size")
+    ty, tx = _pair(stride if stride is not None else (max(1, sy // 2), max(1, sx // 2)), "stride")
+    if sy > h or sx > w:
+        raise ValueError(f"size {(sy, sx)} is larger than the image ({h}, {w}): choose a smaller square")
+    if ty > sy or tx > sx:
+        raise ValueError(f"stride {(ty, tx)} must be at most size {(sy, sx)} so that every pixel is covered")
+    if not isinstance(per_pass, (int, np.integer)) or per_pass < 1:
+        raise ValueError(f"per_pass must be a positive int, got {per_pass!r}")
+    if fill is None:
+        fill = model.grey if isinstance(model, Backbone) else 0.0
+    fill_t = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
+    if fill_t.ndim > 1 or fill_t.numel() not in (1, c):
+        raise ValueError(f"fill must be a number or {c} numbers (one per channel), got shape {tuple(fill_t.shape)}")
+    fill_t = fill_t.reshape(-1)
+
+    rows, cols = grid(h, sy, ty).to(x.device), grid(w, sx, tx).to(x.device)
+    ny, nx = len(rows), len(cols)
+    positions = ny * nx
+    # The work list: the N unoccluded images first (they give the targets), then every (image, square).
+    # Item i >= N is image (i - N) // positions with square (i - N) % positions.
+    total = n + n * positions
+    p_orig = None
+    targets = None
+    raw = torch.empty(n, positions, dtype=torch.float32, device=x.device)
+    starts = range(0, total, per_pass)
+    with torch.no_grad():
+        for s in tqdm(starts, desc="occlusion", disable=not progress, leave=False):
+            items = torch.arange(s, min(s + per_pass, total), device=x.device)
+            occluded = items >= n
+            image = torch.where(occluded, (items - n) // positions, items)
+            square = torch.where(occluded, (items - n) % positions, 0)
+            # (k, H, W) masks from the separable squares: row interval x column interval.
+            mask = rows[square // nx][:, :, None] & cols[square % nx][:, None, :] & occluded[:, None, None]
+            batch = torch.where(mask[..., None], fill_t, x[image])
+            probs = class_scores(model, batch, "probability").float()
+            if p_orig is None:
+                p_orig = torch.empty(n, probs.shape[1], dtype=torch.float32, device=x.device)
+            p_orig[items[~occluded]] = probs[~occluded]
+            if targets is None and s + per_pass >= n:  # every unoccluded image has been seen
+                targets = resolve_targets(target, p_orig)
+            if occluded.any():
+                img, sq = image[occluded], square[occluded]
+                raw[img, sq] = probs[occluded].gather(1, targets[img][:, None])[:, 0]
+
+    raw = raw.reshape(n, ny, nx)
+    # Mean over the covering squares, separably: sum_ab raw[a, b] rows[a, y] cols[b, x] / (#rows(y) #cols(x)).
+    r, k = rows.float(), cols.float()
+    sums = torch.einsum("nab,ay,bx->nyx", raw, r, k)
+    counts = r.sum(0)[:, None] * k.sum(0)[None, :]
+    maps = sums / counts
+    return Explanation("occlusion", to_numpy(maps), to_numpy(targets).astype(np.int64), to_numpy(raw))
