@@ -30,6 +30,7 @@ weights: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/methods.py
+	$(BIN)/python bench/pointing.py
 
 release: $(STAMP)
 	$(BIN)/labkit release

@@ -44,7 +44,11 @@ def prepare(model, images, preprocessed: bool = False) -> torch.Tensor:
             x = model.check_images(x)
             return x.to(model.device)
         return model.tensor(images)
-    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images, dtype=torch.float32)
+    raw = np.asarray(images) if not isinstance(images, torch.Tensor) else images
+    if raw.dtype in (np.uint8, torch.uint8):
+        # uint8 is RGB pixels: a torch model takes the preprocessed batch, and would silently explain raw pixels.
+        raise ValueError("a torch model takes the preprocessed float batch, not uint8 pixels: pass backbone.tensor(images)")
+    x = torch.as_tensor(raw, dtype=torch.float32)
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4:

@@ -36,15 +36,16 @@ def class_activation_map(feature_maps, weights):
     ``feature_maps`` (N, h, w, K) NHWC; ``weights`` (N, K), one weight vector per image, or (K,) for all.
     torch in, torch out; numpy in, numpy out. No ReLU, no normalisation: CAM is the raw sum.
     """
-    lib = torch if isinstance(feature_maps, torch.Tensor) else np
-    weights = weights if lib is np else torch.as_tensor(weights, dtype=feature_maps.dtype, device=feature_maps.device)
-    if weights.ndim == 1:
-        weights = weights[None].expand(feature_maps.shape[0], -1) if lib is torch else np.broadcast_to(
-            weights[None], (feature_maps.shape[0], weights.shape[0]))
-    if weights.shape != (feature_maps.shape[0], feature_maps.shape[-1]):
+    if isinstance(feature_maps, torch.Tensor):
+        lib = torch
+        weights = torch.as_tensor(weights, dtype=feature_maps.dtype, device=feature_maps.device)
+    else:
+        lib, weights = np, np.asarray(weights)
+    n, k = feature_maps.shape[0], feature_maps.shape[-1]
+    if tuple(weights.shape) not in ((n, k), (k,)):
         raise ValueError(f"weights {tuple(weights.shape)} do not fit feature maps {tuple(feature_maps.shape)}: "
                          "give (N, K) or (K,) weights for (N, h, w, K) maps")
-    return lib.einsum("nhwk,nk->nhw", feature_maps, weights)
+    return lib.einsum("nhwk,nk->nhw" if weights.ndim == 2 else "nhwk,k->nhw", feature_maps, weights)
 
 
 def _numpy(variable) -> np.ndarray:
@@ -66,10 +67,10 @@ def _conv_layer(backbone: Backbone, layer: str | None) -> str:
 
 def _feature_model(backbone: Backbone, layer: str) -> keras.Model:
     cache = backbone.__dict__.setdefault("_cam_feature_models", {})
-    key = (id(backbone.model), layer)
-    if key not in cache:  # making a keras.Model costs milliseconds; once per backbone and layer
-        cache[key] = keras.Model(backbone.model.inputs[0], backbone.layer(layer).output, name=f"{backbone.name}_{layer}")
-    return cache[key]
+    if layer not in cache or cache[layer][0] is not backbone.model:  # a keras.Model costs milliseconds: build once
+        sub = keras.Model(backbone.model.inputs[0], backbone.layer(layer).output, name=f"{backbone.name}_{layer}")
+        cache[layer] = (backbone.model, sub)
+    return cache[layer][1]
 
 
 def pooled_features(backbone: Backbone, images, layer: str | None = None, batch_size: int = 32,
@@ -246,8 +247,8 @@ def cam(head: CAMHead, images, target=None, batch_size: int = 32, progress: bool
         raise ValueError(f"cam needs a CAMHead, got {type(head).__name__}: train one with "
                          "train_cam_head(backbone, images, labels)")
     bb = head.backbone
-    x_all = prepare(bb, images, preprocessed=preprocessed)
-    n = len(x_all)
+    images = bb.check_images(images if isinstance(images, torch.Tensor) else np.asarray(images))
+    n = len(images)
     if target is not None:
         t = np.asarray(target).reshape(-1)
         if t.size == 1:
@@ -255,12 +256,13 @@ def cam(head: CAMHead, images, target=None, batch_size: int = 32, progress: bool
         if t.size != n:
             raise ValueError(f"got {t.size} targets for {n} images: give one class index, or one per image")
     sub = _feature_model(bb, head.layer)
-    w = torch.as_tensor(head.weights, device=x_all.device)
-    b = torch.as_tensor(head.bias, device=x_all.device)
+    w = torch.as_tensor(head.weights, device=bb.device)
+    b = torch.as_tensor(head.bias, device=bb.device)
     raws, targets = [], []
     with torch.no_grad():
         for s in tqdm(range(0, n, batch_size), desc="CAM", disable=not progress, leave=False):
-            maps = sub(x_all[s : s + batch_size]).float()  # (B, h, w, K)
+            x = prepare(bb, images[s : s + batch_size], preprocessed=preprocessed)  # one batch on the device at a time
+            maps = sub(x).float()  # (B, h, w, K)
             logits = maps.mean(dim=(1, 2)) @ w + b
             tb = resolve_targets(None if target is None else t[s : s + batch_size], logits)
             raws.append(class_activation_map(maps, w.T[tb]).cpu().numpy())

@@ -103,8 +103,11 @@ def _object_mask(label: int, radius: float, angle: float, cy: float, cx: float, 
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    textures = _textures()
+    # Only textures at least as large as the image (all of them at the shapes' own 96 px).
+    textures = [t for t in _textures() if min(t.shape[:2]) >= size] or [_textures()[0]]
     tex = textures[rng.integers(len(textures))]
+    if min(tex.shape[:2]) < size:
+        tex = rescale(tex, size / min(tex.shape[:2]) + 1e-3, channel_axis=2).astype(np.float32)
     y = rng.integers(tex.shape[0] - size + 1)
     x = rng.integers(tex.shape[1] - size + 1)
     bg = tex[y : y + size, x : x + size]

@@ -64,7 +64,8 @@ def _keras_model(model) -> keras.Model:
         return inner
     if isinstance(model, keras.Model):
         return model
-    raise ValueError(f"to_torch needs a keras.Model or a labkit Backbone, got {type(model).__name__}")
+    raise ValueError(f"expected a keras.Model or a labkit Backbone, got {type(model).__name__}: "
+                     "pass the backbone or its .model")
 
 
 def _unsupported(layer, why: str = "") -> ValueError:

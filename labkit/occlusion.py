@@ -61,7 +61,7 @@ def occlusion(
 ) -> Explanation:
     """Zeiler & Fergus occlusion maps (see the module docstring for the grid and the upsampling).
 
-    ``size``: the square's side in pixels, an int or (height, width); default a eighth of the image
+    ``size``: the square's side in pixels, an int or (height, width); default an eighth of the image
     (12 for minivgg's 96, 28 for vgg16's 224). ``stride``: default ``size // 2``; at most ``size``.
     ``fill``: the value of the square *after preprocessing*, a number or one per channel; default
     ``backbone.grey`` (0: medium grey for both backbones; 0 for a torch model).

@@ -75,8 +75,12 @@ class _StallGuard(keras.callbacks.Callback):
             raise Stalled(f"validation accuracy {acc:.3f} after one epoch: stuck at chance")
 
 
-def train(seed=0, n_train=16000, n_val=1000, epochs=10, batch_size=64, lr=1e-3, warmup=300, attempts=3, verbose=1):
-    """Train minivgg; return (model, info dict). Raises Stalled if every attempt stalls."""
+def train(seed=0, n_train=16000, n_val=1000, epochs=10, batch_size=64, lr=1e-3, warmup=300, attempts=3, verbose=1,
+          stall_margin=0.15):
+    """Train minivgg; return (model, info dict). Raises Stalled if every attempt stalls.
+
+    An attempt has stalled when its validation accuracy after the first epoch is below chance + ``stall_margin``.
+    """
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     train_set = lkdata.make_shapes(n_train, seed=TRAIN_SEED_BASE + seed, progress=verbose > 0)
     val_set = lkdata.make_shapes(n_val, seed=VAL_SEED_BASE + seed)
@@ -96,7 +100,7 @@ def train(seed=0, n_train=16000, n_val=1000, epochs=10, batch_size=64, lr=1e-3, 
                 _Augmented(train_set.images, train_set.labels, batch_size, seed * 1000 + attempt),
                 validation_data=(x_val, val_set.labels),
                 epochs=epochs,
-                callbacks=[_StallGuard(chance + 0.15)],
+                callbacks=[_StallGuard(chance + stall_margin)],
                 verbose=2 if verbose else 0,
             )
         except Stalled as exc:

@@ -145,3 +145,18 @@ def vgg16():
     from labkit import models
 
     return models.load("vgg16", weights=None)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread, then restore the count.
+
+    Tiny nets gain nothing from threads, and on a busy 2-core machine OpenMP's threads waiting for each
+    other make a millisecond forward pass take tens of milliseconds.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

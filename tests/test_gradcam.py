@@ -5,10 +5,13 @@ import pytest
 import torch
 from torch import nn
 
+import labkit  # noqa: F401  (pins the Keras backend to torch before keras is imported)
 import keras
 from labkit.attribution import upsample
 from labkit.gradcam import CAMBase, GradCAM, combine, gradcam
 from labkit.models import Backbone, freeze
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 # ------------------------------------------------------------------------------------------------------
 # The hand-built net: conv 1x1 (1 channel, reads R only, ReLU) -> maxpool 2x2 -> flatten -> dense(2)
@@ -118,12 +121,15 @@ def test_matches_pytorch_grad_cam(tiny):
     net = tiny.net(size=8, seed=4)
     x = torch.randn(5, 8, 8, 3, generator=torch.Generator().manual_seed(2))
     ours = gradcam(net, x, layer=net.features[3])
-    # pytorch-grad-cam rescales each map to [0, 1] (and resizes to the input, a no-op here: the layer is 8x8).
     with PGC(model=tiny.NCHW(net), target_layers=[net.features[3]]) as cam:
         theirs = cam(input_tensor=x.permute(0, 3, 1, 2), targets=[ClassifierOutputTarget(int(t)) for t in ours.targets])
-    r = ours.raw - ours.raw.min(axis=(1, 2), keepdims=True)
-    r = r / (1e-7 + r.max(axis=(1, 2), keepdims=True))
-    np.testing.assert_allclose(r, theirs, atol=1e-5)
+
+    def rescale(m):  # pytorch-grad-cam's (m - min) / (1e-7 + max), which it applies twice (per layer, then overall)
+        m = m - m.min(axis=(1, 2), keepdims=True)
+        return m / (1e-7 + m.max(axis=(1, 2), keepdims=True))
+
+    # It also resizes to the input size, a no-op here: the layer is 8x8 like the input.
+    np.testing.assert_allclose(rescale(rescale(ours.raw)), theirs, atol=1e-6)
 
 
 def test_one_forward_and_batch_independence(tiny):
@@ -202,6 +208,8 @@ def test_hygiene_keras(tiny):
 def test_bad_inputs(tiny):
     bb = tiny.keras(seed=5)
     net = tiny.net(size=8)
+    spare = tiny.net(size=8)
+    spare.unused = nn.Conv2d(3, 3, 1)  # a submodule that forward() never runs
     x = torch.zeros(1, 8, 8, 3)
     cases = [
         (lambda: gradcam(bb, x, layer="nope", preprocessed=True), "has no layer 'nope'"),
@@ -212,6 +220,7 @@ def test_bad_inputs(tiny):
         (lambda: gradcam(bb, x, score="softmax", preprocessed=True), "score must be one of"),
         (lambda: gradcam(net, x, layer="features.9"), "no submodule 'features.9'"),
         (lambda: gradcam(net, x, layer=nn.Conv2d(3, 3, 1)), "submodule of the model"),
+        (lambda: gradcam(spare, x, layer="unused"), "not used by the model's forward"),
         (lambda: gradcam(net, x, target=[0, 1]), "2 targets for 1 images"),
         (lambda: gradcam(net, torch.zeros(8, 8)), "images must be"),
         (lambda: gradcam("model", x), "Backbone or a torch nn.Module"),

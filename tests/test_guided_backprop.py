@@ -7,11 +7,14 @@ import pytest
 import torch
 from torch import nn
 
+import labkit  # noqa: F401  (pins the Keras backend to torch before keras is imported)
 import keras
 from labkit.gradcam import gradcam
 from labkit.guided_backprop import guided_backprop, guided_backprop_keras_approx, guided_gradcam, guided_relus
 from labkit.models import Backbone, freeze
 from labkit.saliency import saliency
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 # ------------------------------------------------------------------------------------------------------
 # The hand-built MLP on a one-pixel RGB "image" x = [1, 2, -1]:

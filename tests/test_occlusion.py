@@ -9,6 +9,8 @@ from torch import nn
 
 from labkit.occlusion import grid, occlusion
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
+
 
 class HotPixel(nn.Module):
     """logits = [x[1, 5, R], 0]: p0 = sigmoid(x[1, 5, R]); no parameters at all."""

@@ -5,10 +5,13 @@ import pytest
 import torch
 from torch import nn
 
+import labkit  # noqa: F401  (pins the Keras backend to torch before keras is imported)
 import keras
 from labkit.attribution import class_scores
 from labkit.models import Backbone, freeze
 from labkit.saliency import saliency
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 H, WIDTH, C = 5, 4, 3
 

@@ -8,3 +8,17 @@ Each prints ``PASS [...]`` or ``HINT [...]`` in one line and returns True or Fal
 from .why_interpretability import why_interpretability
 
 __all__ = ["why_interpretability"]
+from .cam import cam  # noqa: E402
+__all__ += ["cam"]
+from .gradcam import gradcam  # noqa: E402
+__all__ += ["gradcam"]
+from .guided_backprop import guided_backprop  # noqa: E402
+__all__ += ["guided_backprop"]
+from .keras_to_torch import copy_weights, keras_to_torch  # noqa: E402
+__all__ += ["keras_to_torch", "copy_weights"]
+from .patches import patches  # noqa: E402
+__all__ += ["patches"]
+from .occlusion import occlusion  # noqa: E402
+__all__ += ["occlusion"]
+from .saliency import saliency  # noqa: E402
+__all__ += ["saliency"]

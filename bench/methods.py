@@ -1,0 +1,155 @@
+"""Speed of labkit's explanation methods against captum and pytorch-grad-cam, in one process.
+
+    make bench            # or: .venv/bin/python bench/methods.py [--quick]
+
+For each backbone (minivgg 96x96; VGG16 with random weights at 224x224), batch size (1, 16) and method, every
+implementation explains the same images on the same torch model (labkit's torch twin of the Keras model,
+so that all three libraries run identical arithmetic) and the script prints: seconds per call (median of a
+few runs), the ratio to the fastest peer (< 1 means labkit is faster), and the cost in forward passes of
+the same batch. Occlusion runs one image per call on VGG16 (its cost is positions x forwards); its budget
+is printed as positions x one forward pass at that batch. labkit on the Keras model itself (how the course
+runs it) is printed too, for Grad-CAM and saliency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import warnings
+
+warnings.filterwarnings("ignore")
+
+import labkit  # noqa: E402,F401  (pins the Keras backend)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from labkit import data, gradcam, guided_backprop, keras_to_torch, models, occlusion, saliency  # noqa: E402
+
+
+def timeit(fn, repeats: int) -> float:
+    fn()  # warm-up: first calls build graphs and caches
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class NCHW(nn.Module):
+    """The twin seen as an NCHW module, for pytorch-grad-cam (which builds NCHW inputs itself)."""
+
+    def __init__(self, twin):
+        super().__init__()
+        self.twin = twin
+
+    def forward(self, x):
+        return self.twin.logits(x.permute(0, 2, 3, 1))
+
+
+def run(backbone_name: str, batch: int, repeats: int, rows: list):
+    from captum.attr import GuidedBackprop, LayerGradCam, Occlusion, Saliency
+    from pytorch_grad_cam import GradCAM as PGCGradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    backbone = models.load(backbone_name, weights=None) if backbone_name == "vgg16" else models.load("minivgg")
+    twin = keras_to_torch.to_torch(backbone.model)
+    images, _ = data.demo_images(backbone, n=min(batch, 4))
+    images = np.concatenate([images] * (-(-batch // len(images))))[:batch]
+    x = backbone.tensor(images)
+    with torch.no_grad():
+        targets = twin.logits(x).argmax(1)
+    target_list = targets.tolist()
+    layer_name = backbone.last_conv_layer
+    layer = twin.layer(layer_name)
+    h = backbone.input_size[0]
+
+    with torch.no_grad():
+        fwd = timeit(lambda: twin.logits(x), repeats)
+        fwd_keras = timeit(lambda: backbone.model(x), repeats)
+
+    def add(method, impls, budget):
+        fastest_peer = min(t for name, t in impls.items() if not name.startswith("labkit"))
+        for name, t in impls.items():
+            rows.append((backbone_name, batch, method, name, t, t / fastest_peer, t / fwd, budget))
+
+    # Saliency: |d logit / d x|, max over channels.
+    sal_captum = Saliency(twin.logits)
+    add("saliency", {
+        "labkit": timeit(lambda: saliency.saliency(twin, x, targets, preprocessed=True), repeats),
+        "labkit (keras)": timeit(lambda: saliency.saliency(backbone, x, targets, preprocessed=True), repeats),
+        "captum": timeit(lambda: sal_captum.attribute(x, target=targets, abs=True).amax(-1), repeats),
+    }, "<= 2.5 fwd")
+
+    # Grad-CAM at the last conv layer.
+    lgc = LayerGradCam(twin.logits, layer)
+    nchw = NCHW(twin)
+    pgc = PGCGradCAM(model=nchw, target_layers=[layer])
+    pgc_targets = [ClassifierOutputTarget(t) for t in target_list]
+    x_nchw = x.permute(0, 3, 1, 2).contiguous()
+    add("gradcam", {
+        "labkit": timeit(lambda: gradcam.gradcam(twin, x, targets, layer=layer_name, preprocessed=True), repeats),
+        "labkit (keras)": timeit(lambda: gradcam.gradcam(backbone, x, targets, preprocessed=True), repeats),
+        "captum": timeit(lambda: torch.relu(lgc.attribute(x, target=targets, relu_attributions=False)), repeats),
+        "pytorch-grad-cam": timeit(lambda: pgc(input_tensor=x_nchw, targets=pgc_targets), repeats),
+    }, "<= 1.2 fwd")
+    pgc.activations_and_grads.release()
+
+    # Guided backprop.
+    gbp = GuidedBackprop(twin)
+    add("guided_backprop", {
+        "labkit": timeit(lambda: guided_backprop.guided_backprop(twin, x, targets, preprocessed=True), repeats),
+        "captum": timeit(lambda: gbp.attribute(x, target=targets), repeats),
+    }, "<= 2.5 fwd")
+
+    # Occlusion: one image per call on VGG16 (16 positions), the whole batch on minivgg.
+    size = h // 4
+    occ_x, occ_t = (x[:1], targets[:1]) if backbone_name == "vgg16" else (x, targets)
+    positions = ((h - size) // size + 1) ** 2
+    with torch.no_grad():
+        fwd_occ = timeit(lambda: twin(occ_x), repeats)
+    occ = Occlusion(twin)
+    per_pass = 16
+    impls = {
+        "labkit": timeit(lambda: occlusion.occlusion(twin, occ_x, occ_t, size=size, stride=size, per_pass=per_pass,
+                                                     progress=False, preprocessed=True), repeats),
+        "captum (1 per pass)": timeit(lambda: occ.attribute(occ_x, sliding_window_shapes=(size, size, 3),
+                                                          strides=(size, size, 3), baselines=0, target=occ_t), repeats),
+        f"captum ({per_pass} per pass)": timeit(lambda: occ.attribute(
+            occ_x, sliding_window_shapes=(size, size, 3), strides=(size, size, 3), baselines=0, target=occ_t,
+            perturbations_per_eval=per_pass), repeats),
+    }
+    fastest_peer = min(t for n, t in impls.items() if not n.startswith("labkit"))
+    for name, t in impls.items():
+        rows.append((backbone_name, len(occ_x), "occlusion", name, t, t / fastest_peer, t / (positions * fwd_occ),
+                     f"<= 1.1 x {positions} pos"))
+    print(f"# {backbone_name} batch {batch}: one forward {fwd * 1000:.1f} ms (twin), {fwd_keras * 1000:.1f} ms (Keras)",
+          flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="minivgg only, 2 repeats")
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args(argv)
+    torch.set_num_threads(os.cpu_count() or 1)
+    rows = []
+    configs = [("minivgg", 1), ("minivgg", 16)] + ([] if a.quick else [("vgg16", 1), ("vgg16", 16)])
+    for name, batch in configs:
+        run(name, batch, 2 if a.quick else a.repeats, rows)
+    print(f"\ndevice: {models.device()}, torch threads: {torch.get_num_threads()}")
+    header = f"{'backbone':<8} {'batch':>5}  {'method':<16} {'implementation':<22} {'seconds':>9} {'vs fastest peer':>15} {'cost':>10}  target"
+    print(header)
+    print("-" * len(header))
+    for backbone, batch, method, name, t, ratio, cost, budget in rows:
+        unit = "x budget" if method == "occlusion" else "fwd"
+        print(f"{backbone:<8} {batch:>5}  {method:<16} {name:<22} {t:>9.4f} {ratio:>14.2f}x {cost:>6.2f} {unit:<3}  {budget}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
