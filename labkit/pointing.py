@@ -36,3 +36,22 @@ def centre_baseline(masks: np.ndarray, tolerance: int = 3) -> float:
     centre = np.zeros(masks.shape, np.float32)
     centre[:, h // 2, w // 2] = 1.0
     return pointing_accuracy(centre, masks, tolerance)
+
+
+def cell_hits(raw_maps: np.ndarray, masks: np.ndarray, tolerance: int = 3) -> np.ndarray:
+    """Per image: True where the map's strongest *cell* (at its own, coarse resolution) covers the object.
+
+    A 6 x 6 Grad-CAM map of a 96 px image can only say which 16 x 16 block holds the evidence; upsampling
+    does not add that information (a bilinear map's maximum always sits on a cell centre). This scores
+    the map at the resolution it has: a hit when the max cell's block meets the mask (grown by tolerance).
+    """
+    raw_maps, masks = np.asarray(raw_maps), np.asarray(masks, dtype=bool)
+    n, h, w = raw_maps.shape
+    H, W = masks.shape[1:]
+    if H % h or W % w:
+        raise ValueError(f"masks {masks.shape[1:]} are not a whole number of cells of maps {raw_maps.shape[1:]}")
+    ch, cw = H // h, W // w
+    grown = _grown(masks, tolerance)
+    flat = raw_maps.reshape(n, -1).argmax(axis=1)
+    ys, xs = np.unravel_index(flat, (h, w))
+    return np.array([g[y * ch : (y + 1) * ch, x * cw : (x + 1) * cw].any() for g, y, x in zip(grown, ys, xs)])

@@ -12,11 +12,9 @@ the twin afterwards, not even when the backward pass fails. Part 3 runs the two 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 
-import numpy as np
 
-from .base import Hint, as_array, call_student, close, match, report
+from .base import Hint, as_array, call_student, close, match, one_thread, report, tiny_keras_cnn
 
 STAGE = "06 guided backprop"
 _TINY = {}  # the tiny Keras model, built once per session (a few hundred ms)
@@ -53,29 +51,7 @@ def _hook_case():
 
 def _tiny_keras():
     """conv(relu) conv(relu) pool | flatten dense(relu) dense(softmax) on 8x8 RGB, He-scaled random weights."""
-    if "model" not in _TINY:
-        import keras
-        from keras import layers
-
-        rng = np.random.default_rng(6)
-        inputs = keras.Input((8, 8, 3))
-        h = layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1")(inputs)
-        h = layers.Conv2D(6, 3, padding="same", activation="relu", name="conv2")(h)
-        h = layers.MaxPooling2D(2, name="pool")(h)
-        h = layers.Flatten(name="flatten")(h)
-        h = layers.Dense(8, activation="relu", name="fc1")(h)
-        outputs = layers.Dense(4, activation="softmax", name="predictions")(h)
-        model = keras.Model(inputs, outputs, name="tiny_check")
-        for layer in model.layers:
-            if layer.weights:
-                kernel, bias = layer.get_weights()
-                fan_in = int(np.prod(kernel.shape[:-1]))
-                layer.set_weights([
-                    (rng.normal(size=kernel.shape) * (2 / fan_in) ** 0.5).astype("float32"),
-                    (rng.normal(size=bias.shape) * 0.1).astype("float32"),
-                ])
-        _TINY["model"] = model
-    return _TINY["model"]
+    return tiny_keras_cnn((8, 8, 3), (4, 6), (3, 3), dense=8, classes=4, seed=6)
 
 
 def _twin_case():
@@ -97,19 +73,6 @@ def _predicted(twin, x):
 
     with torch.no_grad():
         return twin.logits(x).argmax(1)
-
-
-@contextmanager
-def _one_thread():
-    """Tensors of a few hundred numbers: one thread is faster than waking torch's pool (much faster on a busy machine)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _hooks_left(module) -> int:
@@ -283,7 +246,7 @@ def guided_backprop(guided_relu_hook, guided_gradients=None) -> bool:
     """
 
     def run() -> str:
-        with _one_thread():
+        with one_thread():
             return _run()
 
     def _run() -> str:

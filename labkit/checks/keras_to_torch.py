@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Hint, as_array, call_student, match, report
-from .guided_backprop import _one_thread
+from .base import Hint, as_array, call_student, match, one_thread, report, tiny_keras_cnn
 
 STAGE = "07 keras to torch"
-_TINY = {}
 
 
 def _kernels():
@@ -152,29 +150,7 @@ def copy_weights(twin, model, conv_kernel_to_torch, dense_kernel_to_torch, fc1_t
 
 def _tiny_keras():
     """conv(relu) conv(relu) pool | flatten dense(relu) dense(softmax) on 8x6 RGB (h != w), random weights."""
-    if "model" not in _TINY:
-        import keras
-        from keras import layers
-
-        rng = np.random.default_rng(70)
-        inputs = keras.Input((8, 6, 3))
-        h = layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1")(inputs)
-        h = layers.Conv2D(5, (3, 2), padding="same", activation="relu", name="conv2")(h)
-        h = layers.MaxPooling2D(2, name="pool")(h)
-        h = layers.Flatten(name="flatten")(h)
-        h = layers.Dense(7, activation="relu", name="fc1")(h)
-        outputs = layers.Dense(3, activation="softmax", name="predictions")(h)
-        model = keras.Model(inputs, outputs, name="tiny_check")
-        for layer in model.layers:
-            if layer.weights:
-                kernel, bias = layer.get_weights()
-                fan_in = int(np.prod(kernel.shape[:-1]))
-                layer.set_weights([
-                    (rng.normal(size=kernel.shape) * (2 / fan_in) ** 0.5).astype("float32"),
-                    (rng.normal(size=bias.shape) * 0.1).astype("float32"),
-                ])
-        _TINY["model"] = model
-    return _TINY["model"]
+    return tiny_keras_cnn((8, 6, 3), (4, 5), (3, 2), dense=7, classes=3, seed=70)
 
 
 def _check_twin(conv_fn, dense_fn, fc1_fn) -> None:
@@ -204,7 +180,7 @@ def keras_to_torch(conv_kernel_to_torch, dense_kernel_to_torch, fc1_to_torch) ->
     """Stage 07: the three kernel conversions, on their own and copied into the twin of a small CNN."""
 
     def run() -> str:
-        with _one_thread():  # tiny tensors
+        with one_thread():  # tiny tensors
             return _run()
 
     def _run() -> str:

@@ -13,30 +13,15 @@ Each listed mistake is recomputed on it, and an answer equal to one of them gets
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import numpy as np
 
-from .base import Hint, as_array, call_student, close, report
+from .base import Hint, as_array, call_student, close, one_thread, report
 
 STAGE = "02 occlusion"
 SIZE = 32  # the tiny backbone's input side
 CASES = ((8, 6, 1), (12, 10, 3))  # (square size, stride, rank of the target among the classes: 1 = runner-up)
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run torch on one thread for a while: the tiny net's ops are too small to gain from more, and on a
-    busy machine the threads' hand-offs make each forward ~50x slower (measured: 2 ms vs 120 ms)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @functools.lru_cache(maxsize=4)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Hint, as_array, call_student, close, report
-from .occlusion import check_image, one_thread, tiny_backbone
+from .base import one_thread
+from .occlusion import check_image, tiny_backbone
 
 STAGE = "03 saliency"
 SCORES = ("logit", "probability")
