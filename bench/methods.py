@@ -25,7 +25,6 @@ warnings.filterwarnings("ignore")
 import labkit  # noqa: E402,F401  (pins the Keras backend)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 from labkit import data, gradcam, guided_backprop, keras_to_torch, models, occlusion, saliency  # noqa: E402
 
@@ -38,17 +37,6 @@ def timeit(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-class NCHW(nn.Module):
-    """The twin seen as an NCHW module, for pytorch-grad-cam (which builds NCHW inputs itself)."""
-
-    def __init__(self, twin):
-        super().__init__()
-        self.twin = twin
-
-    def forward(self, x):
-        return self.twin.logits(x.permute(0, 2, 3, 1))
 
 
 def run(backbone_name: str, batch: int, repeats: int, rows: list):
@@ -87,10 +75,11 @@ def run(backbone_name: str, batch: int, repeats: int, rows: list):
 
     # Grad-CAM at the last conv layer.
     lgc = LayerGradCam(twin.logits, layer)
-    nchw = NCHW(twin)
-    pgc = PGCGradCAM(model=nchw, target_layers=[layer])
+    # pytorch-grad-cam builds NCHW inputs; the twin's NCHW view shares its modules. Its weights are frozen,
+    # so the input must ask for a gradient or there is nothing to back-propagate.
+    pgc = PGCGradCAM(model=twin.as_nchw(logits=True), target_layers=[layer])
     pgc_targets = [ClassifierOutputTarget(t) for t in target_list]
-    x_nchw = x.permute(0, 3, 1, 2).contiguous()
+    x_nchw = x.permute(0, 3, 1, 2).contiguous().requires_grad_(True)
     add("gradcam", {
         "labkit": timeit(lambda: gradcam.gradcam(twin, x, targets, layer=layer_name, preprocessed=True), repeats),
         "labkit (keras)": timeit(lambda: gradcam.gradcam(backbone, x, targets, preprocessed=True), repeats),

@@ -57,7 +57,7 @@ def _fill_after(value):
 
 
 def _fill_pixels(value, dtype):
-    def prepare(x, image, y, x0, size, backbone=None):
+    def prepare(x, image, y, x0, size):
         occluded = image.astype(dtype)  # a copy
         occluded[y : y + size, x0 : x0 + size] = value
         return torch.from_numpy(occluded[None].astype(np.float32) / 127.5 - 1.0)

@@ -72,6 +72,14 @@ def sorts_in_place(acts, k):
     return units
 
 
+def argpartition_unsorted(acts, k):
+    """The right k units in argpartition's order (not sorted)."""
+    flat = np.argpartition(acts, -k, axis=None)[-k:]
+    units = [(int(f) // acts[0].size, divmod(int(f) % acts[0].size, acts.shape[2]), float(acts.reshape(-1)[f])) for f in flat]
+    assert units != top_k_units(acts, k)
+    return units
+
+
 def wrong_count(acts, k):
     return top_k_units(acts, k + 1)
 
@@ -101,6 +109,7 @@ MISTAKES = [
     (no_image_index, "no image index"),
     (no_image_index_flat, "no image index"),
     (flat_tuples, "in a tuple of its own"),
+    (argpartition_unsorted, "wrong order"),
     (sorts_in_place, "changed the activations"),
     (wrong_count, "return exactly k"),
     (wrong_values, "is not activations[n, i, j]"),

@@ -34,8 +34,8 @@ def _student(score="logit", reduce=lambda g: g.abs().amax(-1), pick=None, raw_pi
             chosen = scores.max(dim=1).values
         elif pick == "all":
             chosen = scores
-        elif pick == "first":
-            chosen = scores[:, 0]
+        elif pick == "block":
+            chosen = scores[:, torch.as_tensor(target)]  # (N, N): every image's score for every image's target
         else:
             chosen = scores[torch.arange(len(x)), torch.as_tensor(target)]
         chosen.sum().backward()
@@ -78,6 +78,7 @@ for score in SCORES:
         (_student(score, reduce=lambda g: g), "(N, H, W, 3) gradient"),
         (_student(score, reduce=lambda g: g.abs()), "(N, H, W, 3) gradient"),
         (_student(score, pick="predicted"), "PREDICTED class"),
+        (_student(score, pick="block"), "scores[:, target] picks"),
         (_student(score, pick="all"), "sum of every class's score" if score == "logit" else "sum to 1"),
         (_student(score, raw_pixels=True), "gradient w.r.t. the raw pixels"),
     ]

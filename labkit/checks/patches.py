@@ -185,6 +185,9 @@ def patches(top_k_units) -> bool:
                                "the image index is < N, i < h (rows), j < w (columns)")
                 if abs(unit[2] - float(acts[unit[0]][unit[1]])) > 1e-5 * max(1.0, abs(unit[2])):
                     raise Hint(f"the value of unit {unit[:2]} is not activations[n, i, j]: return each unit's own activation")
+            if sorted(u[:2] for u in units) == sorted(u[:2] for u in ref):
+                raise Hint("these are the right units in the wrong order: list them strongest first (sort the k "
+                           "you found by value, descending)")
             for rank, (got, want) in enumerate(zip(units, ref)):
                 if not _same([got], [want]):
                     raise Hint(f"unit {rank} (0 = strongest) differs from the reference on activations of shape "

@@ -37,15 +37,19 @@ def _gradient(backbone, images, target, score: str) -> np.ndarray:
     return grad.detach().cpu().numpy().astype(np.float64)
 
 
-def _summed_gradient(backbone, images, score: str) -> np.ndarray:
-    """The gradient of the sum of ALL classes' scores (a mistake: the class is never picked)."""
+def _summed_gradient(backbone, images, score: str, columns=None) -> np.ndarray:
+    """The gradient of the sum of ALL classes' scores (a mistake: the class is never picked), or of
+    ``scores[:, columns]`` (the mistake of indexing every image with every image's target)."""
     import torch
 
     from ..attribution import class_scores
 
     x = backbone.tensor(images).detach().requires_grad_(True)
     with torch.enable_grad():
-        (grad,) = torch.autograd.grad(class_scores(backbone, x, score).sum(), x)
+        scores = class_scores(backbone, x, score)
+        if columns is not None:
+            scores = scores[:, torch.as_tensor(np.asarray(columns), device=scores.device)]
+        (grad,) = torch.autograd.grad(scores.sum(), x)
     return grad.detach().cpu().numpy().astype(np.float64)
 
 
@@ -77,6 +81,9 @@ def _mutants(backbone, images, target, score: str) -> dict:
             continue
         out[f"this is the saliency of class {c}, not of each image's target: back-propagate "
             "scores[n, target[n]] for each image n"] = np.abs(_gradient(backbone, images, c, score)).max(-1)
+    out["scores[:, target] picks, for EVERY image, the targets of all the images (an N x N block): pick "
+        "one score per image, scores[torch.arange(N), target]"] = np.abs(
+        _summed_gradient(backbone, images, score, columns=target)).max(-1)
     if score == "logit":  # the probabilities' sum is 1 whatever x is: that mistake gives the zero map (below)
         out["you back-propagated the sum of every class's score: pick each image's target score first "
             "(scores[n, target[n]])"] = np.abs(_summed_gradient(backbone, images, score)).max(-1)
