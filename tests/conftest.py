@@ -154,9 +154,7 @@ def one_thread():
     Tiny nets gain nothing from threads, and on a busy 2-core machine OpenMP's threads waiting for each
     other make a millisecond forward pass take tens of milliseconds.
     """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    from labkit.checks.base import one_thread as _one_thread
+
+    with _one_thread():
         yield
-    finally:
-        torch.set_num_threads(n)
