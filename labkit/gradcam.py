@@ -130,8 +130,8 @@ class CAMBase:
 
     def explanation(self, cam: torch.Tensor, targets: torch.Tensor, size: tuple[int, int]) -> Explanation:
         """The Explanation: raw (N, h, w) maps, and maps upsampled (bilinear) to the input size."""
-        raw = to_numpy(cam)
-        return Explanation(self.method, upsample(raw, size), to_numpy(targets).astype(np.int64), raw)
+        # The tensor is upsampled where it is (see labkit.attribution.upsample): same numbers as skimage.
+        return Explanation(self.method, upsample(cam, size), to_numpy(targets).astype(np.int64), to_numpy(cam))
 
 
 class GradCAM(CAMBase):

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import numpy as np
 from torch import nn
 
-from .attribution import Explanation, prepare
+from .attribution import Explanation, prepare, to_numpy
 from .gradcam import gradcam
 from .models import Backbone
 from .saliency import input_gradient
@@ -97,8 +97,9 @@ def guided_backprop(model, images, target=None, score: str = "logit", preprocess
         raise ValueError(f"model must be a torch nn.Module, got {type(model).__name__}")
     with guided_relus(model):  # forward and backward both inside: the forward hooks plant the backward ones
         grad, targets = input_gradient(model, images, target, score, preprocessed)
-    raw = grad.detach().float().cpu().numpy()
-    return Explanation("guided_backprop", np.abs(raw).max(axis=-1), targets.cpu().numpy().astype(np.int64), raw)
+    # |.| and max over RGB in torch, before leaving it (see labkit.saliency)
+    maps = to_numpy(grad.abs().amax(dim=-1))
+    return Explanation("guided_backprop", maps, to_numpy(targets).astype(np.int64), to_numpy(grad))
 
 
 def guided_backprop_keras_approx(model, images, target=None, score: str = "logit", preprocessed: bool = False) -> Explanation:
@@ -109,8 +110,9 @@ def guided_backprop_keras_approx(model, images, target=None, score: str = "logit
     ``raw`` (N, H, W, 3) is ``max(d score / d x, 0)``; ``maps`` its max over channels. Works for any model.
     """
     grad, targets = input_gradient(model, images, target, score, preprocessed)
-    raw = grad.clamp(min=0).detach().float().cpu().numpy()
-    return Explanation("guided_backprop_keras_approx", raw.max(axis=-1), targets.cpu().numpy().astype(np.int64), raw)
+    positive = grad.clamp(min=0)
+    return Explanation("guided_backprop_keras_approx", to_numpy(positive.amax(dim=-1)),
+                       to_numpy(targets).astype(np.int64), to_numpy(positive))
 
 
 def guided_gradcam(
