@@ -62,8 +62,8 @@ def scored():
 
 @pytest.mark.parametrize("method", ["gradcam", "cam"])
 def test_maps_point_at_the_object(scored, method):
-    # At the maps' own 6 x 6 resolution the strongest cell is on the object in >= 0.9 of the images...
+    # The issue's bar: the upsampled map's maximum within 3 px of the object in >= 0.9 of the correctly
+    # classified images, where pointing at the image centre scores about 0.05.
+    assert scored[method] >= 0.9 and scored["centre"] < 0.15
+    # At the maps' own 6 x 6 resolution the strongest cell is on the object too.
     assert scored[method + " cells"] >= 0.9 > scored["centre cells"] + 0.3
-    # ...and the upsampled maximum is several times more often on it (3 px) than the image centre is.
-    # (The issue's target of 0.9 at pixel level is not reached by this backbone: see the note of issue 3.)
-    assert scored[method] > 4 * scored["centre"]

@@ -38,3 +38,27 @@ def test_save_writes_nothing_below_min_accuracy(tmp_path):
     # Weights only, no optimiser state: the file holds exactly the model's parameters (float32) plus h5 overhead.
     n_params = models.build_minivgg().count_params()
     assert (tmp_path / models.MINIVGG_WEIGHTS).stat().st_size < 4 * n_params * 1.2
+
+
+def test_the_auxiliary_cam_head_trains_the_trunk_and_is_not_saved(tmp_path):
+    plain, _ = train.train(seed=2, stall_margin=-1, aux_weight=0.0, **TINY)
+    aux, info = train.train(seed=2, stall_margin=-1, aux_weight=1.0, **TINY)
+    assert info["aux_weight"] == 1.0
+    # The returned model is minivgg itself: same layers, no auxiliary output...
+    assert [layer.name for layer in aux.layers] == [layer.name for layer in plain.layers]
+    assert not set(train.AUX_LAYERS) & {layer.name for layer in aux.layers} and len(aux.outputs) == 1
+    # ...whose trunk the auxiliary loss changed (same seed, same data: only the loss differs).
+    conv = lambda m: m.get_layer("block5_conv3").get_weights()[0]  # noqa: E731
+    assert not np.array_equal(conv(aux), conv(plain))
+    train.save(aux, info, tmp_path, test_n=32)
+    loaded = models.build_minivgg()
+    loaded.load_weights(tmp_path / models.MINIVGG_WEIGHTS)
+    assert all(np.array_equal(x, y) for x, y in zip(loaded.get_weights(), aux.get_weights()))
+
+
+def test_the_training_model_shares_minivgg_layers():
+    base = models.build_minivgg()
+    both = train.with_cam_aux(base)
+    assert [o.shape[-1] for o in both.outputs] == [6, 6]
+    assert both.get_layer("block5_conv3") is base.get_layer("block5_conv3")
+    assert both.get_layer(train.AUX_LAYERS[1]).kernel.shape == (128, 6)  # GAP of block5_conv3's 128 maps
