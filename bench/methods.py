@@ -6,10 +6,9 @@ For each backbone (minivgg 96x96; VGG16 with random weights at 224x224), batch s
 implementation explains the same images on the same torch model (labkit's torch twin of the Keras model,
 so that all three libraries run identical arithmetic) and the script prints: seconds per call (median of a
 few runs), the ratio to the fastest peer (< 1 means labkit is faster), and the cost in forward passes of
-the same batch. Occlusion runs one image per call on VGG16, in the batch-1 configuration only (its cost is
-positions x forwards); its budget
-is printed as positions x one forward pass at that batch. labkit on the Keras model itself (how the course
-runs it) is printed too, for Grad-CAM and saliency.
+the same batch, timed in turns with the method (see ``measure``). Occlusion runs one image per call on
+VGG16, in the batch-1 configuration only; its budget is positions x one forward pass of the batch explained.
+labkit on the Keras model itself (how the course runs it) is printed too, for Grad-CAM and saliency.
 """
 
 from __future__ import annotations
@@ -30,14 +29,21 @@ import torch  # noqa: E402
 from labkit import data, gradcam, guided_backprop, keras_to_torch, models, occlusion, saliency  # noqa: E402
 
 
-def timeit(fn, repeats: int) -> float:
-    fn()  # warm-up: first calls build graphs and caches
-    times = []
+def measure(fns: dict, repeats: int) -> dict:
+    """Median seconds per call of each function, timed in turns (a, b, c, a, b, c, ...).
+
+    Taking turns spreads the machine's slow spells over every implementation instead of one, so the
+    ratios are steadier than timing each one in a row.
+    """
+    for fn in fns.values():
+        fn()  # warm-up: first calls build graphs and caches
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def run(backbone_name: str, batch: int, repeats: int, rows: list):
@@ -57,21 +63,26 @@ def run(backbone_name: str, batch: int, repeats: int, rows: list):
     layer = twin.layer(layer_name)
     h = backbone.input_size[0]
 
-    with torch.no_grad():
-        fwd = timeit(lambda: twin.logits(x), repeats)
-        fwd_keras = timeit(lambda: backbone.model(x), repeats)
+    def forward(inputs):
+        with torch.no_grad():
+            twin.logits(inputs)
 
-    def add(method, impls, budget):
-        fastest_peer = min(t for name, t in impls.items() if not name.startswith("labkit"))
-        for name, t in impls.items():
-            rows.append((backbone_name, batch, method, name, t, t / fastest_peer, t / fwd, budget))
+    def add(method, impls, budget, unit_batch=x, positions=None):
+        """Time the implementations and one forward pass of ``unit_batch`` in turns; add their rows."""
+        t = measure({"forward": lambda: forward(unit_batch), **impls}, repeats)
+        fwd = t.pop("forward")
+        unit = fwd * (positions or 1)
+        fastest_peer = min(v for name, v in t.items() if not name.startswith("labkit"))
+        for name, v in t.items():
+            rows.append((backbone_name, len(unit_batch), method, name, v, v / fastest_peer, v / unit, budget))
+        return fwd
 
     # Saliency: |d logit / d x|, max over channels.
     sal_captum = Saliency(twin.logits)
-    add("saliency", {
-        "labkit": timeit(lambda: saliency.saliency(twin, x, targets, preprocessed=True), repeats),
-        "labkit (keras)": timeit(lambda: saliency.saliency(backbone, x, targets, preprocessed=True), repeats),
-        "captum": timeit(lambda: sal_captum.attribute(x, target=targets, abs=True).amax(-1), repeats),
+    fwd = add("saliency", {
+        "labkit": lambda: saliency.saliency(twin, x, targets, preprocessed=True),
+        "labkit (keras)": lambda: saliency.saliency(backbone, x, targets, preprocessed=True),
+        "captum": lambda: sal_captum.attribute(x, target=targets, abs=True).amax(-1),
     }, "<= 2.5 fwd")
 
     # Grad-CAM at the last conv layer.
@@ -82,48 +93,43 @@ def run(backbone_name: str, batch: int, repeats: int, rows: list):
     pgc_targets = [ClassifierOutputTarget(t) for t in target_list]
     x_nchw = x.permute(0, 3, 1, 2).contiguous().requires_grad_(True)
     add("gradcam", {
-        "labkit": timeit(lambda: gradcam.gradcam(twin, x, targets, layer=layer_name, preprocessed=True), repeats),
-        "labkit (keras)": timeit(lambda: gradcam.gradcam(backbone, x, targets, preprocessed=True), repeats),
-        "captum": timeit(lambda: torch.relu(lgc.attribute(x, target=targets, relu_attributions=False)), repeats),
-        "pytorch-grad-cam": timeit(lambda: pgc(input_tensor=x_nchw, targets=pgc_targets), repeats),
+        "labkit": lambda: gradcam.gradcam(twin, x, targets, layer=layer_name, preprocessed=True),
+        "labkit (keras)": lambda: gradcam.gradcam(backbone, x, targets, preprocessed=True),
+        "captum": lambda: torch.relu(lgc.attribute(x, target=targets, relu_attributions=False)),
+        "pytorch-grad-cam": lambda: pgc(input_tensor=x_nchw, targets=pgc_targets),
     }, "<= 1.2 fwd")
     pgc.activations_and_grads.release()
 
     # Guided backprop.
     gbp = GuidedBackprop(twin)
     add("guided_backprop", {
-        "labkit": timeit(lambda: guided_backprop.guided_backprop(twin, x, targets, preprocessed=True), repeats),
-        "captum": timeit(lambda: gbp.attribute(x, target=targets), repeats),
+        "labkit": lambda: guided_backprop.guided_backprop(twin, x, targets, preprocessed=True),
+        "captum": lambda: gbp.attribute(x, target=targets),
     }, "<= 2.5 fwd")
 
+    with torch.no_grad():
+        fwd_keras = measure({"keras": lambda: backbone.model(x)}, repeats)["keras"]
+    print(f"# {backbone_name} batch {batch}: one forward {fwd * 1000:.1f} ms (twin), {fwd_keras * 1000:.1f} ms (Keras)",
+          flush=True)
+
     # Occlusion: the whole batch on minivgg; one image per call on VGG16 (16 positions), measured once, in the
-    # batch-1 configuration (at batch 16 it would repeat the same row).
+    # batch-1 configuration (at batch 16 it would repeat the same row). labkit runs its default number of
+    # copies per pass; captum runs its default (1 perturbation per pass) and the same forward batch as labkit.
     if backbone_name == "vgg16" and batch > 1:
-        print(f"# {backbone_name} batch {batch}: one forward {fwd * 1000:.1f} ms (twin), "
-              f"{fwd_keras * 1000:.1f} ms (Keras)", flush=True)
         return
     size = h // 4
     occ_x, occ_t = (x[:1], targets[:1]) if backbone_name == "vgg16" else (x, targets)
     positions = ((h - size) // size + 1) ** 2
-    with torch.no_grad():
-        fwd_occ = timeit(lambda: twin(occ_x), repeats)
+    per_pass = occlusion.default_per_pass(h, h, occ_x.device)
     occ = Occlusion(twin)
-    per_pass = 16
-    impls = {
-        "labkit": timeit(lambda: occlusion.occlusion(twin, occ_x, occ_t, size=size, stride=size, per_pass=per_pass,
-                                                     progress=False, preprocessed=True), repeats),
-        "captum (1 per pass)": timeit(lambda: occ.attribute(occ_x, sliding_window_shapes=(size, size, 3),
-                                                          strides=(size, size, 3), baselines=0, target=occ_t), repeats),
-        f"captum ({per_pass} per pass)": timeit(lambda: occ.attribute(
-            occ_x, sliding_window_shapes=(size, size, 3), strides=(size, size, 3), baselines=0, target=occ_t,
-            perturbations_per_eval=per_pass), repeats),
-    }
-    fastest_peer = min(t for n, t in impls.items() if not n.startswith("labkit"))
-    for name, t in impls.items():
-        rows.append((backbone_name, len(occ_x), "occlusion", name, t, t / fastest_peer, t / (positions * fwd_occ),
-                     f"<= 1.1 x {positions} pos"))
-    print(f"# {backbone_name} batch {batch}: one forward {fwd * 1000:.1f} ms (twin), {fwd_keras * 1000:.1f} ms (Keras)",
-          flush=True)
+    same = max(1, per_pass // len(occ_x))  # captum's perturbations_per_eval runs len(x) images per perturbation
+    window = dict(sliding_window_shapes=(size, size, 3), strides=(size, size, 3), baselines=0, target=occ_t)
+    add("occlusion", {
+        "labkit": lambda: occlusion.occlusion(twin, occ_x, occ_t, size=size, stride=size, progress=False,
+                                              preprocessed=True),
+        "captum (1 per pass)": lambda: occ.attribute(occ_x, **window),
+        f"captum ({same} per pass)": lambda: occ.attribute(occ_x, perturbations_per_eval=same, **window),
+    }, f"<= 1.1 x {positions} pos", unit_batch=occ_x, positions=positions)
 
 
 def main(argv=None) -> int:
@@ -141,7 +147,7 @@ def main(argv=None) -> int:
     print(header)
     print("-" * len(header))
     for backbone, batch, method, name, t, ratio, cost, budget in rows:
-        unit = "x budget" if method == "occlusion" else "fwd"
+        unit = "x budget" if method == "occlusion" else "fwd"  # budget: positions x one forward of the batch
         print(f"{backbone:<8} {batch:>5}  {method:<16} {name:<22} {t:>9.4f} {ratio:>14.2f}x {cost:>6.2f} {unit:<3}  {budget}")
     return 0
 

@@ -109,10 +109,10 @@ def resolve_targets(target, scores: torch.Tensor) -> torch.Tensor:
         t = t.expand(n)
     if t.numel() != n:
         raise ValueError(f"got {t.numel()} targets for {n} images: give one class index, or one per image")
-    bad = t[(t < 0) | (t >= c)]
-    if bad.numel():
+    if n and (int(t.min()) < 0 or int(t.max()) >= c):
+        bad = t[(t < 0) | (t >= c)]
         raise ValueError(f"class index {int(bad[0])} is out of range: the model has {c} classes (0..{c - 1})")
-    return t.clone()
+    return t.clone()  # never the caller's own tensor
 
 
 def upsample(maps, size: tuple[int, int], order: int = 1) -> np.ndarray:
@@ -129,9 +129,9 @@ def upsample(maps, size: tuple[int, int], order: int = 1) -> np.ndarray:
     if isinstance(maps, torch.Tensor):
         if order == 1:
             m = maps.detach().float()
-            if tuple(m.shape[1:]) != size:
-                m = torch.nn.functional.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-            return m.cpu().numpy().copy()
+            if tuple(m.shape[1:]) != size:  # a new tensor: its numpy view is the result
+                return torch.nn.functional.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0].cpu().numpy()
+            return m.cpu().numpy().copy()  # the caller's own maps: a copy
         maps = to_numpy(maps)
     maps = np.asarray(maps, dtype=np.float32)
     if maps.shape[1:] == size:

@@ -55,7 +55,9 @@ def combine(activations: torch.Tensor, weights: torch.Tensor, relu: bool = True)
     """
     if weights.shape != activations.shape[:2]:
         raise ValueError(f"weights {tuple(weights.shape)} must be (N, K) for activations {tuple(activations.shape)}")
-    cam = torch.einsum("nk,nkhw->nhw", weights, activations)
+    n, k, h, w = activations.shape
+    # (N, 1, K) @ (N, K, h*w): a batched matrix product, a third of the time einsum takes on small maps
+    cam = torch.matmul(weights[:, None, :], activations.reshape(n, k, h * w)).reshape(n, h, w)
     return cam.clamp(min=0) if relu else cam
 
 
@@ -80,8 +82,9 @@ class CAMBase:
             self.layer_name, self._features, self._head, self._final = _keras_split(model, layer)
             self.layer = model.model.get_layer(self.layer_name)
         elif isinstance(model, nn.Module):
-            self.layer = _torch_layer(model, layer)
-            self.layer_name = _module_name(model, self.layer)
+            self.layer, self.layer_name = _torch_layer(model, layer)
+            # The torch twin can be cut in two directly; any other module gets the forward hook (_leaf_at).
+            self._split = _twin_split(model, self.layer_name)
         else:
             raise ValueError(f"model must be a labkit Backbone or a torch nn.Module, got {type(model).__name__}")
 
@@ -107,6 +110,13 @@ class CAMBase:
             with torch.enable_grad():  # even if the caller is inside torch.no_grad()
                 scores = _keras_head(self._head, self._final, activations.permute(0, 2, 3, 1), self.score)
             return activations, scores
+        if self._split is not None:
+            up_to, after = self._split
+            with torch.no_grad():  # input .. L: no graph
+                activations = up_to(x).requires_grad_(True)  # a graph-less tensor: a leaf
+            with torch.enable_grad():
+                logits = after(activations)
+            return activations, logits if self.score == "logit" else torch.softmax(logits, dim=1)
         with _leaf_at(self.layer, self.layer_name) as store, torch.no_grad():
             scores = class_scores(self.model, x, self.score)  # the hook turns the graph on after L
         if "A" not in store:
@@ -218,43 +228,59 @@ def _keras_head(head, final, a: torch.Tensor, score: str) -> torch.Tensor:
 # -- torch: the layer and the hook ---------------------------------------------------------------------
 
 
-def _module_name(model: nn.Module, layer: nn.Module) -> str:
-    for name, m in model.named_modules():
-        if m is layer:
-            return name or type(model).__name__
-    return type(layer).__name__
+def _twin_split(model: nn.Module, name: str):
+    """The twin's own split at ``name`` (labkit.keras_to_torch.KerasTwin.split), or None for other models."""
+    from .keras_to_torch import KerasTwin
+
+    return model.split(name) if isinstance(model, KerasTwin) else None
 
 
-def _torch_layer(model: nn.Module, layer) -> nn.Module:
-    """The submodule whose output is A: given (module or dotted name) or the default (see module docstring)."""
+def _torch_layer(model: nn.Module, layer) -> tuple[nn.Module, str]:
+    """(the submodule whose output is A, its dotted name): given (module or name) or the default (module docstring)."""
     default = layer is None
     if default:
         layer = getattr(model, "last_conv_layer", None)
-    if layer is None:
-        leaves = [m for m in model.modules() if not any(True for _ in m.children())]
-        convs = [i for i, m in enumerate(leaves) if isinstance(m, nn.Conv2d)]
-        if not convs:
-            raise ValueError(f"{type(model).__name__} has no nn.Conv2d: pass layer=<the module giving the feature maps>")
-        i = convs[-1]
-        return leaves[i + 1] if i + 1 < len(leaves) and isinstance(leaves[i + 1], nn.ReLU) else leaves[i]
-    if isinstance(layer, str) and callable(getattr(model, "layer", None)):
+        if layer is None:
+            return _after_conv(model, None)
+    if isinstance(layer, str) and isinstance(getattr(model, "output_of", None), dict) and layer in model.output_of:
         # The torch twin (labkit.keras_to_torch) maps a Keras layer name to the module whose output is that
         # layer's output: "block5_conv3" -> its ReLU, since Keras fuses the ReLU into the conv.
-        layer = model.layer(layer)
+        name = model.output_of[layer]
+        module = model.get_submodule(name)
+    elif isinstance(layer, str) and callable(getattr(model, "layer", None)):
+        module = model.layer(layer)  # the twin's other names (its torch child names); unknown: its error
+        name = _name_of(model, module)
     elif isinstance(layer, str):
         try:
-            layer = model.get_submodule(layer)
+            module, name = model.get_submodule(layer), layer
         except AttributeError:
             names = ", ".join(n for n, m in model.named_modules() if n and isinstance(m, (nn.Conv2d, nn.ReLU)))
             raise ValueError(f"the model has no submodule {layer!r}: choose one of {names}") from None
-    if not isinstance(layer, nn.Module) or not any(m is layer for m in model.modules()):
+    else:
+        module, name = layer, _name_of(model, layer)
+    if default and isinstance(module, nn.Conv2d):
+        return _after_conv(model, module)
+    return module, name
+
+
+def _name_of(model: nn.Module, layer) -> str:
+    name = next((n for n, m in model.named_modules() if m is layer), None) if isinstance(layer, nn.Module) else None
+    if name is None:
         raise ValueError("layer must be a submodule of the model (or its name, as in model.named_modules())")
-    if default and isinstance(layer, nn.Conv2d):
-        leaves = [m for m in model.modules() if not any(True for _ in m.children())]
-        i = next(j for j, m in enumerate(leaves) if m is layer)
-        if i + 1 < len(leaves) and isinstance(leaves[i + 1], nn.ReLU):
-            return leaves[i + 1]
-    return layer
+    return name or type(model).__name__
+
+
+def _after_conv(model: nn.Module, conv: nn.Conv2d | None) -> tuple[nn.Module, str]:
+    """``conv`` (default: the last nn.Conv2d), or the nn.ReLU right after it, as Keras fuses conv and ReLU."""
+    leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
+    convs = [i for i, (_, m) in enumerate(leaves) if (m is conv if conv is not None else isinstance(m, nn.Conv2d))]
+    if not convs:
+        raise ValueError(f"{type(model).__name__} has no nn.Conv2d: pass layer=<the module giving the feature maps>")
+    i = convs[-1]
+    if i + 1 < len(leaves) and isinstance(leaves[i + 1][1], nn.ReLU):
+        i += 1
+    name, module = leaves[i]
+    return module, name
 
 
 @contextmanager

@@ -33,6 +33,8 @@ Structure of the twin (``KerasTwin``), for whoever hooks into it::
     twin.output_of     {Keras layer name: dotted torch module name whose output is that layer's output}
     twin.relus()       [(name, nn.ReLU)] in forward order — what guided backprop swaps or hooks
     twin.intermediates(x) {Keras layer name: tensor in torch layout (NCHW / NC)}, one forward pass
+    twin.split(name)   (up_to, after) at a module of twin.features: the network cut in two without hooks,
+                       for Grad-CAM (``up_to(x)`` the module's NCHW output, ``after(a)`` the logits)
 
 Every parameter has ``requires_grad=False`` (the twin is frozen, like the backbone: gradients w.r.t. the
 *input* still flow) and the twin is in eval mode, on the Keras model's device. So a backward pass needs
@@ -129,6 +131,7 @@ class KerasTwin(nn.Module):
         self.input_shape = tuple(input_shape)  # (H, W, C) of one NHWC input
         # attribution.class_scores reads this to know that forward() already returns probabilities
         self.outputs_probabilities = isinstance(softmax, nn.Softmax)
+        self._splits: dict[str, tuple[nn.Sequential, nn.Sequential]] = {}  # see split(); not submodules
 
     def _nchw(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 3:
@@ -162,6 +165,24 @@ class KerasTwin(nn.Module):
             if prefix + name in modules and prefix + name != "":
                 return modules[prefix + name]
         raise ValueError(f"the twin of {self.keras_name} has no layer {name!r}: choose one of {', '.join(self.keras_layers)}")
+
+    def split(self, name: str):
+        """``(up_to, after)``: the twin cut after ``name``, a child of ``twin.features`` (dotted or not).
+
+        ``up_to(x)`` maps the preprocessed NHWC batch to that module's NCHW output, ``after(a)`` maps that
+        output to the logits; ``after(up_to(x)) == twin.logits(x)``. Both are the twin's own modules (hooks on
+        them still fire), put in two ``nn.Sequential`` built once per name. This is the course's Grad-CAM
+        split, without the forward hook a generic model needs. None when ``name`` is not in
+        ``twin.features`` (a layer after Flatten gives no feature maps).
+        """
+        key = name.removeprefix("features.")
+        if key not in self.features._modules:
+            return None
+        if key not in self._splits:
+            i = list(self.features._modules).index(key)
+            self._splits[key] = (self.features[: i + 1], nn.Sequential(self.features[i + 1 :], self.classifier))
+        up_to, after = self._splits[key]
+        return (lambda x: up_to(self._nchw(x))), after
 
     def relus(self) -> list[tuple[str, nn.ReLU]]:
         return [(n, m) for n, m in self.named_modules() if isinstance(m, nn.ReLU)]

@@ -252,3 +252,33 @@ def test_the_keras_to_torch_twin_gives_the_same_maps(tiny):
         t = gradcam(twin, x, layer=layer)
         assert np.array_equal(k.targets, t.targets)
         np.testing.assert_allclose(k.raw, t.raw, rtol=1e-4, atol=1e-5)
+
+
+def test_the_twin_is_cut_without_hooks_and_agrees_with_the_hooked_path(tiny):
+    to_torch = pytest.importorskip("labkit.keras_to_torch").to_torch
+    twin = to_torch(tiny.keras(seed=22).model)
+    x = torch.randn(3, 8, 8, 3, generator=torch.Generator().manual_seed(9))
+
+    class Wrapped(nn.Module):  # not a KerasTwin: Grad-CAM has to hook the layer's output
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):  # logits, as a torch model's forward is taken to return
+            return self.inner.logits(x)
+
+    wrapped = Wrapped(twin)
+    for name in ("conv1", "conv2"):
+        up_to, after = twin.split(twin.output_of[name])
+        with torch.no_grad():
+            torch.testing.assert_close(after(up_to(x)), twin.logits(x), rtol=0, atol=0)
+        cam = GradCAM(twin, name)
+        assert cam._split is not None and GradCAM(wrapped, twin.layer(name))._split is None
+        for score in ("logit", "probability"):
+            direct = gradcam(twin, x, layer=name, score=score)
+            hooked = gradcam(wrapped, x, layer=twin.layer(name), score=score)
+            assert np.array_equal(direct.targets, hooked.targets)
+            np.testing.assert_allclose(direct.raw, hooked.raw, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(direct.maps, hooked.maps, rtol=1e-6, atol=1e-7)
+    assert twin.split("classifier.fc") is None  # after Flatten there are no feature maps to cut at
+    assert tiny.hooks(twin) == 0

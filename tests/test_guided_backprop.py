@@ -96,6 +96,30 @@ def test_matches_captum_guided_backprop(tiny):
     assert not np.allclose(ours.raw, saliency(net, x, target=ours.targets).raw)  # guidance changes something
 
 
+def test_the_torch_twin_clamps_in_place_and_still_matches_captum(tiny):
+    from captum.attr import GuidedBackprop
+
+    to_torch = pytest.importorskip("labkit.keras_to_torch").to_torch
+    twin = to_torch(tiny.keras(seed=14).model)  # a chain: guided_relus clamps each ReLU's gradient in place
+
+    class Wrapped(nn.Module):  # the same modules, not a KerasTwin: the out-of-place clamp
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner.logits(x)
+
+    x = torch.randn(4, 8, 8, 3, generator=torch.Generator().manual_seed(3))
+    ours = guided_backprop(twin, x)
+    wrapped = Wrapped(twin)
+    theirs = GuidedBackprop(wrapped).attribute(x, target=torch.as_tensor(ours.targets)).detach().numpy()
+    np.testing.assert_allclose(ours.raw, theirs, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(ours.raw, guided_backprop(wrapped, x, ours.targets).raw)
+    assert not np.allclose(ours.raw, saliency(twin, x, target=ours.targets).raw)  # guidance changed something
+    assert tiny.hooks(twin) == 0
+
+
 def test_inplace_relus_give_the_same_and_are_restored(tiny):
     plain, inplace = tiny.net(size=8, seed=13), tiny.net(size=8, seed=13, inplace=True)
     x = torch.randn(3, 8, 8, 3, generator=torch.Generator().manual_seed(1))

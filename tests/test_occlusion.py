@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from labkit.occlusion import grid, occlusion
+from labkit.occlusion import default_per_pass, grid, occlusion
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
@@ -83,6 +83,11 @@ def test_independent_of_per_pass_and_batch_and_counts_forwards(tiny):
         np.testing.assert_allclose(e.raw, ref.raw, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(e.maps, ref.maps, rtol=1e-4, atol=1e-5)
         assert np.array_equal(e.targets, ref.targets)
+    net = tiny.net(size=12, seed=2)  # a given target needs no unoccluded pass, and gives the same maps
+    given = occlusion(net, x, target=ref.targets, size=4, stride=2, per_pass=7, progress=False)
+    assert net.seen == 3 * 25 and net.calls == math.ceil(3 * 25 / 7)
+    np.testing.assert_allclose(given.raw, ref.raw, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(given.maps, ref.maps, rtol=1e-4, atol=1e-5)
     for i in range(3):  # each image alone
         one = occlusion(tiny.net(size=12, seed=2), x[i], size=4, stride=2, per_pass=5, progress=False)
         np.testing.assert_allclose(one.raw[0], ref.raw[i], rtol=1e-4, atol=1e-5)
@@ -116,6 +121,11 @@ def test_default_square_is_an_eighth_of_the_image():
 
     e = occlusion(Mean(), torch.ones(1, 96, 96, 3), per_pass=256, progress=False)  # size 12, stride 6
     assert e.raw.shape == (1, 15, 15) and e.maps.shape == (1, 96, 96)
+
+
+def test_default_per_pass_holds_a_few_hundred_thousand_pixels_on_a_cpu():
+    assert default_per_pass(96, 96) == 32 and default_per_pass(224, 224) == 5
+    assert default_per_pass(224, 224, "cuda") == 64 and default_per_pass(5000, 5000) == 1
 
 
 def test_hygiene(tiny):
