@@ -48,15 +48,15 @@ def grid(length: int, size: int, stride: int) -> torch.Tensor:
     return (pixels >= starts) & (pixels < starts + size)
 
 
-# Pixels per forward pass of the default per_pass. On 2 CPU cores the cost per image is lowest between
-# 16 and 64 images of 96 x 96 (minivgg: 1.0 ms/image at 16, 0.8 at 32-64, 1.2 at 256) and VGG16 at 224 x 224
-# costs 128-132 ms/image from 1 to 8 images, but 162 ms/image at 16, once its activations leave the cache
-# (measured for this module). A GPU wants big batches.
-_PIXELS_PER_PASS = {"cpu": 32 * 96 * 96, "cuda": 64 * 224 * 224}
+# Pixels per forward pass of the default per_pass. On 2 CPU cores the cost per image levels off from about
+# 16 images of 96 x 96 (minivgg: 1.0 ms/image at 16; 0.6-0.8, varying from run to run, at 32; 1.2 at 256),
+# and VGG16 at 224 x 224 costs 128-132 ms/image from 1 to 8 images but 162 ms/image at 16, once its
+# activations no longer fit in the caches (measured for this module). A GPU wants big batches.
+_PIXELS_PER_PASS = {"cpu": 16 * 96 * 96, "cuda": 64 * 224 * 224}
 
 
 def default_per_pass(height: int, width: int, device="cpu") -> int:
-    """Occluded copies per forward pass: about 300k pixels on a CPU (32 minivgg images, 5 at 224 x 224), 64 VGG16
+    """Occluded copies per forward pass: about 150k pixels on a CPU (16 minivgg images, 2 at 224 x 224), 64 VGG16
     images on a GPU."""
     budget = _PIXELS_PER_PASS.get(torch.device(device).type, _PIXELS_PER_PASS["cpu"])
     return max(1, budget // (int(height) * int(width)))
@@ -116,26 +116,32 @@ def occlusion(
     raw = torch.empty(n, positions, dtype=torch.float32, device=x.device)
     with torch.no_grad():
         for s in tqdm(range(0, total, per_pass), desc="occlusion", disable=not progress, leave=False):
-            items = torch.arange(s, min(s + per_pass, total), device=x.device)
-            occluded = items >= lead
-            image = torch.where(occluded, (items - lead) // positions, items)
-            square = torch.where(occluded, (items - lead) % positions, 0)
-            # (k, H, W) masks from the separable squares: row interval x column interval.
-            mask = rows[square // nx][:, :, None] & cols[square % nx][:, None, :] & occluded[:, None, None]
-            batch = torch.where(mask[..., None], fill_t, x[image])
+            items = range(s, min(s + per_pass, total))
+            image = [i if i < lead else (i - lead) // positions for i in items]
+            batch = x[torch.tensor(image, device=x.device)]  # a copy of each item's image
+            occluded, squares = [], []
+            for j, i in enumerate(items):
+                if i >= lead:
+                    a, b = divmod((i - lead) % positions, nx)
+                    # One rectangle per copy, written in place (slicing clips it at the border): a quarter
+                    # of the time of a torch.where over the whole batch.
+                    batch[j, a * ty : a * ty + sy, b * tx : b * tx + sx] = fill_t
+                    occluded.append(j)
+                    squares.append(a * nx + b)
             probs = class_scores(model, batch, "probability").float()
             if targets is None:
                 if lead:  # the unoccluded probabilities, until every image has been seen
                     if not len(p_orig):
                         p_orig = torch.empty(n, probs.shape[1], dtype=torch.float32, device=x.device)
-                    p_orig[items[~occluded]] = probs[~occluded]
+                    seen = [j for j, i in enumerate(items) if i < lead]
+                    p_orig[[image[j] for j in seen]] = probs[seen]
                     if s + per_pass >= n:
                         targets = resolve_targets(None, p_orig)
                 else:  # checked against the number of classes as soon as it is known: after the first pass
                     targets = resolve_targets(target, probs.new_empty(n, probs.shape[1]))
-            if occluded.any():
-                img, sq = image[occluded], square[occluded]
-                raw[img, sq] = probs[occluded].gather(1, targets[img][:, None])[:, 0]
+            if occluded:
+                img = torch.tensor([image[j] for j in occluded], device=x.device)
+                raw[img, torch.tensor(squares, device=x.device)] = probs[occluded].gather(1, targets[img][:, None])[:, 0]
 
     raw = raw.reshape(n, ny, nx)
     # Mean over the covering squares, separably: sum_ab raw[a, b] rows[a, y] cols[b, x] / (#rows(y) #cols(x)).
