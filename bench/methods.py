@@ -8,7 +8,11 @@ so that all three libraries run identical arithmetic) and the script prints: sec
 few runs), the ratio to the fastest peer (< 1 means labkit is faster), and the cost in forward passes of
 the same batch, timed in turns with the method (see ``measure``). Occlusion runs one image per call on
 VGG16, in the batch-1 configuration only; its budget is positions x one forward pass of the batch explained.
-labkit on the Keras model itself (how the course runs it) is printed too, for Grad-CAM and saliency.
+labkit on the Keras model itself (how the course runs it) is printed too, for Grad-CAM and saliency, its
+cost counted in forward passes of the Keras model. Every Grad-CAM row ends with maps at the input's
+resolution (captum's is interpolated, bilinear, as labkit's). labkit runs a large batch in passes of
+``labkit.attribution.images_per_pass`` images (16 at 96 x 96, 2 at 224 x 224 on a CPU), as a user gets it;
+the peers take the batch in one pass, as they do by default.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import labkit  # noqa: E402,F401  (pins the Keras backend)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from labkit import data, gradcam, guided_backprop, keras_to_torch, models, occlusion, saliency  # noqa: E402
+from labkit import attribution, data, gradcam, guided_backprop, keras_to_torch, models, occlusion, saliency  # noqa: E402
 
 
 def measure(fns: dict, repeats: int) -> dict:
@@ -47,7 +51,7 @@ def measure(fns: dict, repeats: int) -> dict:
 
 
 def run(backbone_name: str, batch: int, repeats: int, rows: list):
-    from captum.attr import GuidedBackprop, LayerGradCam, Occlusion, Saliency
+    from captum.attr import GuidedBackprop, LayerAttribution, LayerGradCam, Occlusion, Saliency
     from pytorch_grad_cam import GradCAM as PGCGradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -67,19 +71,29 @@ def run(backbone_name: str, batch: int, repeats: int, rows: list):
         with torch.no_grad():
             twin.logits(inputs)
 
+    def keras_forward():
+        with torch.no_grad():
+            backbone.model(x)
+
     def add(method, impls, budget, unit_batch=x, positions=None):
-        """Time the implementations and one forward pass of ``unit_batch`` in turns; add their rows."""
-        t = measure({"forward": lambda: forward(unit_batch), **impls}, repeats)
-        fwd = t.pop("forward")
-        unit = fwd * (positions or 1)
+        """Time the implementations and the forward passes they are counted in, in turns; add their rows.
+
+        The cost unit is one forward pass of the twin on ``unit_batch`` (times ``positions`` for occlusion);
+        the "labkit (keras)" rows count in forward passes of the Keras model itself.
+        """
+        keras_rows = any(name.startswith("labkit (keras)") for name in impls)
+        units = {"forward": lambda: forward(unit_batch), **({"keras forward": keras_forward} if keras_rows else {})}
+        t = measure({**units, **impls}, repeats)
+        fwd, fwd_keras = t.pop("forward"), t.pop("keras forward", None)
         fastest_peer = min(v for name, v in t.items() if not name.startswith("labkit"))
         for name, v in t.items():
+            unit = (fwd_keras if name.startswith("labkit (keras)") else fwd) * (positions or 1)
             rows.append((backbone_name, len(unit_batch), method, name, v, v / fastest_peer, v / unit, budget))
-        return fwd
+        return fwd, fwd_keras
 
     # Saliency: |d logit / d x|, max over channels.
     sal_captum = Saliency(twin.logits)
-    fwd = add("saliency", {
+    fwd, fwd_keras = add("saliency", {
         "labkit": lambda: saliency.saliency(twin, x, targets, preprocessed=True),
         "labkit (keras)": lambda: saliency.saliency(backbone, x, targets, preprocessed=True),
         "captum": lambda: sal_captum.attribute(x, target=targets, abs=True).amax(-1),
@@ -95,7 +109,9 @@ def run(backbone_name: str, batch: int, repeats: int, rows: list):
     add("gradcam", {
         "labkit": lambda: gradcam.gradcam(twin, x, targets, layer=layer_name, preprocessed=True),
         "labkit (keras)": lambda: gradcam.gradcam(backbone, x, targets, preprocessed=True),
-        "captum": lambda: torch.relu(lgc.attribute(x, target=targets, relu_attributions=False)),
+        # captum's map is at the layer's resolution: interpolated to the input's, as labkit's and pytorch-grad-cam's
+        "captum": lambda: LayerAttribution.interpolate(
+            torch.relu(lgc.attribute(x, target=targets, relu_attributions=False)), (h, h), "bilinear"),
         "pytorch-grad-cam": lambda: pgc(input_tensor=x_nchw, targets=pgc_targets),
     }, "<= 1.2 fwd")
     pgc.activations_and_grads.release()
@@ -107,8 +123,6 @@ def run(backbone_name: str, batch: int, repeats: int, rows: list):
         "captum": lambda: gbp.attribute(x, target=targets),
     }, "<= 2.5 fwd")
 
-    with torch.no_grad():
-        fwd_keras = measure({"keras": lambda: backbone.model(x)}, repeats)["keras"]
     print(f"# {backbone_name} batch {batch}: one forward {fwd * 1000:.1f} ms (twin), {fwd_keras * 1000:.1f} ms (Keras)",
           flush=True)
 
@@ -120,7 +134,7 @@ def run(backbone_name: str, batch: int, repeats: int, rows: list):
     size = h // 4
     occ_x, occ_t = (x[:1], targets[:1]) if backbone_name == "vgg16" else (x, targets)
     positions = ((h - size) // size + 1) ** 2
-    per_pass = occlusion.default_per_pass(h, h, occ_x.device)
+    per_pass = attribution.images_per_pass(h, h, occ_x.device)  # labkit's default
     occ = Occlusion(twin)
     same = max(1, per_pass // len(occ_x))  # captum's perturbations_per_eval runs len(x) images per perturbation
     window = dict(sliding_window_shapes=(size, size, 3), strides=(size, size, 3), baselines=0, target=occ_t)

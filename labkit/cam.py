@@ -26,7 +26,7 @@ import torch
 from keras import layers
 from tqdm.auto import tqdm
 
-from .attribution import Explanation, prepare, resolve_targets, upsample
+from .attribution import Explanation, passes, prepare, resolve_targets, upsample
 from .models import Backbone
 
 
@@ -251,23 +251,17 @@ def cam(head: CAMHead, images, target=None, batch_size: int = 32, progress: bool
                          "train_cam_head(backbone, images, labels)")
     bb = head.backbone
     images = bb.check_images(images if isinstance(images, torch.Tensor) else np.asarray(images))
-    n = len(images)
-    if target is not None:
-        t = np.asarray(target).reshape(-1)
-        if t.size == 1:
-            t = np.repeat(t, n)
-        if t.size != n:
-            raise ValueError(f"got {t.size} targets for {n} images: give one class index, or one per image")
     sub = _feature_model(bb, head.layer)
     w = torch.as_tensor(head.weights, device=bb.device)
     b = torch.as_tensor(head.bias, device=bb.device)
     raws, targets = [], []
     with torch.no_grad():
-        for s in tqdm(range(0, n, batch_size), desc="CAM", disable=not progress, leave=False):
-            x = prepare(bb, images[s : s + batch_size], preprocessed=preprocessed)  # one batch on the device at a time
+        for part, part_target in tqdm(passes(len(images), batch_size, target), desc="CAM", disable=not progress,
+                                      leave=False):
+            x = prepare(bb, images[part], preprocessed=preprocessed)  # one batch on the device at a time
             maps = sub(x).float()  # (B, h, w, K)
             logits = maps.mean(dim=(1, 2)) @ w + b
-            tb = resolve_targets(None if target is None else t[s : s + batch_size], logits)
+            tb = resolve_targets(part_target, logits)
             raws.append(class_activation_map(maps, w.T[tb]).cpu().numpy())
             targets.append(tb.cpu().numpy())
     raw = np.concatenate(raws).astype(np.float32)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .attribution import Explanation, class_scores, prepare, resolve_targets, to_numpy
+from .attribution import Explanation, class_scores, images_per_pass, prepare, resolve_targets, to_numpy
 from .models import Backbone
 
 
@@ -46,20 +46,6 @@ def grid(length: int, size: int, stride: int) -> torch.Tensor:
     starts = torch.arange(n)[:, None] * stride
     pixels = torch.arange(length)[None, :]
     return (pixels >= starts) & (pixels < starts + size)
-
-
-# Pixels per forward pass of the default per_pass. On 2 CPU cores the cost per image levels off from about
-# 16 images of 96 x 96 (minivgg: 1.0 ms/image at 16; 0.6-0.8, varying from run to run, at 32; 1.2 at 256),
-# and VGG16 at 224 x 224 costs 128-132 ms/image from 1 to 8 images but 162 ms/image at 16, once its
-# activations no longer fit in the caches (measured for this module). A GPU wants big batches.
-_PIXELS_PER_PASS = {"cpu": 16 * 96 * 96, "cuda": 64 * 224 * 224}
-
-
-def default_per_pass(height: int, width: int, device="cpu") -> int:
-    """Occluded copies per forward pass: about 150k pixels on a CPU (16 minivgg images, 2 at 224 x 224), 64 VGG16
-    images on a GPU."""
-    budget = _PIXELS_PER_PASS.get(torch.device(device).type, _PIXELS_PER_PASS["cpu"])
-    return max(1, budget // (int(height) * int(width)))
 
 
 def occlusion(
@@ -80,7 +66,7 @@ def occlusion(
     ``fill``: the value of the square *after preprocessing*, a number or one per channel; default
     ``backbone.grey`` (0: medium grey for both backbones; 0 for a torch model).
     ``per_pass``: occluded copies per forward pass (memory against speed; the maps do not change);
-    default :func:`default_per_pass`.
+    default :func:`labkit.attribution.images_per_pass` (16 at 96 x 96, 2 at 224 x 224 on a CPU).
     ``raw`` (N, n_y, n_x) holds the target's probability per square position; ``maps`` (N, H, W) the mean
     over the squares covering each pixel.
     """
@@ -105,14 +91,13 @@ def occlusion(
     ny, nx = len(rows), len(cols)
     positions = ny * nx
     if per_pass is None:
-        per_pass = default_per_pass(h, w, x.device)
+        per_pass = images_per_pass(h, w, x.device)
     # The work list: when target is None, the N unoccluded images first (their predictions are the
     # targets); then every (image, square): item i >= lead is image (i - lead) // positions with square
     # (i - lead) % positions. A given target needs no unoccluded pass.
     lead = n if target is None else 0
     total = lead + n * positions
-    targets = None
-    p_orig = torch.empty(0)
+    targets = p_orig = None
     raw = torch.empty(n, positions, dtype=torch.float32, device=x.device)
     with torch.no_grad():
         for s in tqdm(range(0, total, per_pass), desc="occlusion", disable=not progress, leave=False):
@@ -129,16 +114,15 @@ def occlusion(
                     occluded.append(j)
                     squares.append(a * nx + b)
             probs = class_scores(model, batch, "probability").float()
-            if targets is None:
-                if lead:  # the unoccluded probabilities, until every image has been seen
-                    if not len(p_orig):
-                        p_orig = torch.empty(n, probs.shape[1], dtype=torch.float32, device=x.device)
-                    seen = [j for j, i in enumerate(items) if i < lead]
-                    p_orig[[image[j] for j in seen]] = probs[seen]
-                    if s + per_pass >= n:
-                        targets = resolve_targets(None, p_orig)
-                else:  # checked against the number of classes as soon as it is known: after the first pass
-                    targets = resolve_targets(target, probs.new_empty(n, probs.shape[1]))
+            if targets is None and not lead:  # a given target, checked against the classes after one pass
+                targets = resolve_targets(target, probs.new_empty(n, probs.shape[1]))
+            elif targets is None:  # the unoccluded probabilities, until every image has been seen
+                if p_orig is None:
+                    p_orig = torch.empty(n, probs.shape[1], dtype=torch.float32, device=x.device)
+                seen = [j for j, i in enumerate(items) if i < lead]
+                p_orig[[image[j] for j in seen]] = probs[seen]
+                if s + per_pass >= n:
+                    targets = resolve_targets(None, p_orig)
             if occluded:
                 img = torch.tensor([image[j] for j in occluded], device=x.device)
                 raw[img, torch.tensor(squares, device=x.device)] = probs[occluded].gather(1, targets[img][:, None])[:, 0]

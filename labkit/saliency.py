@@ -12,7 +12,7 @@ gradient, p_c (dS_c/dx - sum_j p_j dS_j/dx), also depends on every other class: 
 because it lowers a competitor, and once the model is confident (p_c ~ 1) the gradient vanishes.
 ``score="probability"`` is there to show exactly that.
 
-One forward and one backward for the whole batch: the backward starts from the sum of each image's own
+One forward and one backward per pass of images: the backward starts from the sum of each image's own
 target score, and images do not interact, so each image gets the gradient of its own score.
 """
 
@@ -21,17 +21,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .attribution import Explanation, class_scores, prepare, resolve_targets, to_numpy
+from .attribution import Explanation, class_scores, images_per_pass, passes, prepare, resolve_targets, to_numpy
 
 
 def input_gradient(model, images, target=None, score: str = "logit", preprocessed: bool = False):
-    """(gradient (N, H, W, C) of each image's target score w.r.t. its preprocessed input, targets (N,))."""
-    x = prepare(model, images, preprocessed).detach().requires_grad_(True)
-    with torch.enable_grad():  # even if the caller is inside torch.no_grad()
-        scores = class_scores(model, x, score)
-        targets = resolve_targets(target, scores)
-        (grad,) = torch.autograd.grad(scores.gather(1, targets[:, None]).sum(), x)
-    return grad, targets
+    """(gradient (N, H, W, C) of each image's target score w.r.t. its preprocessed input, targets (N,)).
+
+    A large batch runs in passes of :func:`labkit.attribution.images_per_pass` images (2 at 224 x 224 on a
+    CPU): the same numbers, less memory held for the backward pass, and faster on a CPU.
+    """
+    x = prepare(model, images, preprocessed)
+    grads, targets = [], []
+    for part, part_target in passes(len(x), images_per_pass(x.shape[1], x.shape[2], x.device), target):
+        xp = x[part].detach().requires_grad_(True)
+        with torch.enable_grad():  # even if the caller is inside torch.no_grad()
+            scores = class_scores(model, xp, score)
+            t = resolve_targets(part_target, scores)
+            (grad,) = torch.autograd.grad(scores.gather(1, t[:, None]).sum(), xp)
+        grads.append(grad)
+        targets.append(t)
+    return (grads[0], targets[0]) if len(grads) == 1 else (torch.cat(grads), torch.cat(targets))
 
 
 def saliency(model, images, target=None, score: str = "logit", preprocessed: bool = False) -> Explanation:

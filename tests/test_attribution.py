@@ -47,3 +47,40 @@ def test_targets_default_to_the_argmax_and_are_checked():
 def test_uint8_pixels_for_a_torch_model_are_refused():
     with pytest.raises(ValueError, match=r"pass backbone.tensor\(images\)"):
         prepare(torch.nn.Identity(), np.zeros((1, 8, 8, 3), np.uint8))
+
+
+def test_passes_split_a_batch_and_its_targets():
+    from labkit.attribution import images_per_pass, passes
+
+    assert images_per_pass(96, 96) == 16 and images_per_pass(224, 224) == 2
+    assert images_per_pass(224, 224, "cuda") == 64 and images_per_pass(5000, 5000) == 1
+    assert [(p.start, p.stop, t) for p, t in passes(5, 2)] == [(0, 2, None), (2, 4, None), (4, 5, None)]
+    assert [t.tolist() for _, t in passes(3, 2, 7)] == [[7], [7]]
+    assert [t.tolist() for _, t in passes(3, 2, [4, 5, 6])] == [[4, 5], [6]]
+    for call, message in ((lambda: passes(3, 2, [1, 2]), "got 2 targets for 3 images"),
+                          (lambda: passes(0, 2), "no images to explain")):
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_methods_give_the_same_maps_in_passes(tiny, monkeypatch):
+    """A batch larger than a pass is split; the maps, the targets and the images seen do not change."""
+    from labkit import attribution
+    from labkit.gradcam import gradcam
+    from labkit.guided_backprop import guided_backprop
+    from labkit.saliency import saliency
+
+    x = torch.randn(5, 8, 8, 3, generator=torch.Generator().manual_seed(11))
+    for method in (saliency, gradcam, guided_backprop):
+        for target in (None, 1, [0, 1, 1, 0, 1]):
+            net = tiny.net(size=8, seed=3)
+            whole = method(net, x, target)
+            assert net.calls == 1
+            monkeypatch.setitem(attribution.PIXELS_PER_PASS, "cpu", 2 * 8 * 8)  # 2 images per pass
+            net.calls = net.seen = 0
+            split = method(net, x, target)
+            monkeypatch.undo()
+            assert net.calls == 3 and net.seen == 5
+            assert np.array_equal(split.targets, whole.targets)
+            np.testing.assert_allclose(split.raw, whole.raw, rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(split.maps, whole.maps, rtol=1e-5, atol=1e-7)

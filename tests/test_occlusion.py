@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from labkit.occlusion import default_per_pass, grid, occlusion
+from labkit.occlusion import grid, occlusion
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
@@ -121,11 +121,6 @@ def test_default_square_is_an_eighth_of_the_image():
 
     e = occlusion(Mean(), torch.ones(1, 96, 96, 3), per_pass=256, progress=False)  # size 12, stride 6
     assert e.raw.shape == (1, 15, 15) and e.maps.shape == (1, 96, 96)
-
-
-def test_default_per_pass_holds_about_150k_pixels_on_a_cpu():
-    assert default_per_pass(96, 96) == 16 and default_per_pass(224, 224) == 2
-    assert default_per_pass(224, 224, "cuda") == 64 and default_per_pass(5000, 5000) == 1
 
 
 def test_hygiene(tiny):
