@@ -12,7 +12,8 @@ labkit on the Keras model itself (how the course runs it) is printed too, for Gr
 cost counted in forward passes of the Keras model. Every Grad-CAM row ends with maps at the input's
 resolution (captum's is interpolated, bilinear, as labkit's). labkit runs a large batch in passes of
 ``labkit.attribution.images_per_pass`` images (16 at 96 x 96, 2 at 224 x 224 on a CPU), as a user gets it;
-the peers take the batch in one pass, as they do by default.
+the peers take the batch in one pass, as they do by default. The "plain torch (floor)" rows are the same
+arithmetic written out in a few lines of torch, with nothing checked: what no library can beat by much.
 """
 
 from __future__ import annotations
@@ -85,11 +86,28 @@ def run(backbone_name: str, batch: int, repeats: int, rows: list):
         units = {"forward": lambda: forward(unit_batch), **({"keras forward": keras_forward} if keras_rows else {})}
         t = measure({**units, **impls}, repeats)
         fwd, fwd_keras = t.pop("forward"), t.pop("keras forward", None)
-        fastest_peer = min(v for name, v in t.items() if not name.startswith("labkit"))
+        fastest_peer = min(v for name, v in t.items() if not name.startswith(("labkit", "plain torch")))
         for name, v in t.items():
             unit = (fwd_keras if name.startswith("labkit (keras)") else fwd) * (positions or 1)
             rows.append((backbone_name, len(unit_batch), method, name, v, v / fastest_peer, v / unit, budget))
         return fwd, fwd_keras
+
+    # The floor: the same arithmetic written out in torch, in one pass, with nothing checked or kept. Not a peer.
+    up_to, after = twin.split(twin.output_of[layer_name])
+
+    def plain_saliency():
+        xg = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(twin.logits(xg).gather(1, targets[:, None]).sum(), xg)
+        return g.abs().amax(-1)
+
+    def plain_gradcam():
+        with torch.no_grad():
+            a = up_to(x)
+        a.requires_grad_(True)
+        (g,) = torch.autograd.grad(after(a).gather(1, targets[:, None]).sum(), a)
+        with torch.no_grad():
+            cam = torch.relu((g.mean((2, 3))[:, :, None, None] * a).sum(1))
+            return torch.nn.functional.interpolate(cam[:, None], size=(h, h), mode="bilinear")
 
     # Saliency: |d logit / d x|, max over channels.
     sal_captum = Saliency(twin.logits)
@@ -97,6 +115,7 @@ def run(backbone_name: str, batch: int, repeats: int, rows: list):
         "labkit": lambda: saliency.saliency(twin, x, targets, preprocessed=True),
         "labkit (keras)": lambda: saliency.saliency(backbone, x, targets, preprocessed=True),
         "captum": lambda: sal_captum.attribute(x, target=targets, abs=True).amax(-1),
+        "plain torch (floor)": lambda: plain_saliency(),
     }, "<= 2.5 fwd")
 
     # Grad-CAM at the last conv layer.
@@ -113,6 +132,7 @@ def run(backbone_name: str, batch: int, repeats: int, rows: list):
         "captum": lambda: LayerAttribution.interpolate(
             torch.relu(lgc.attribute(x, target=targets, relu_attributions=False)), (h, h), "bilinear"),
         "pytorch-grad-cam": lambda: pgc(input_tensor=x_nchw, targets=pgc_targets),
+        "plain torch (floor)": lambda: plain_gradcam(),
     }, "<= 1.2 fwd")
     pgc.activations_and_grads.release()
 

@@ -44,8 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .attribution import (SCORES, Explanation, class_scores, images_per_pass, passes, prepare, resolve_targets,
-                          to_numpy, upsample)
+from .attribution import SCORES, Explanation, class_scores, prepare, resolve_targets, to_numpy, upsample
 from .models import Backbone
 
 
@@ -92,18 +91,16 @@ class CAMBase:
     # -- the skeleton ------------------------------------------------------------------------------------
 
     def __call__(self, images, target=None, preprocessed: bool = False) -> Explanation:
+        # One pass for the whole batch: only the head keeps a graph, so memory stays small (unlike saliency,
+        # which splits large batches), and on a CPU splitting VGG16's batch of 16 measured 7% slower.
         x = prepare(self.model, images, preprocessed)
-        cams, targets = [], []
-        # A large batch runs in passes (labkit.attribution.images_per_pass: 2 at 224 x 224 on a CPU)
-        for part, part_target in passes(len(x), images_per_pass(x.shape[1], x.shape[2], x.device), target):
-            activations, scores = self.forward(x[part])
-            t = resolve_targets(part_target, scores)
-            gradients = self.backward(activations, scores, t) if self.uses_gradients else None
-            with torch.no_grad():
-                a = activations.detach()
-                cams.append(combine(a, self.channel_weights(a, gradients, scores.detach(), t)))
-            targets.append(t)
-        cam, targets = (cams[0], targets[0]) if len(cams) == 1 else (torch.cat(cams), torch.cat(targets))
+        activations, scores = self.forward(x)
+        targets = resolve_targets(target, scores)
+        gradients = self.backward(activations, scores, targets) if self.uses_gradients else None
+        with torch.no_grad():
+            a = activations.detach()
+            weights = self.channel_weights(a, gradients, scores.detach(), targets)
+            cam = combine(a, weights)
         return self.explanation(cam, targets, tuple(x.shape[1:3]))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

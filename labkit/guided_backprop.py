@@ -39,31 +39,20 @@ def _guided_hook(module, grad_input, grad_output):
     return (grad_input[0].clamp(min=0),)
 
 
-def _positive(grad):
-    return grad.clamp(min=0)
-
-
-def _positive_in_place(grad):
-    # Only for a chain of layers (the torch twin): there the gradient at a ReLU's output is the next
-    # layer's input gradient, a fresh tensor that nothing else reads, so clamping it in place is safe and
-    # saves allocating (and page-faulting) one activation-sized tensor per ReLU: 0.2 forward passes of
-    # minivgg at batch 16 (bench/methods.py). Elsewhere a gradient can be shared (a residual add hands
-    # the same tensor to both branches), and the copy is needed.
-    return grad.clamp_(min=0)
+def _clamp_relu_gradient(grad_inputs, grad_outputs):
+    # A hook on the ReLU's backward node, run after it: grad_inputs[0] is what the ReLU's own backward
+    # produced, (x > 0) * grad_out, and clamping it gives (x > 0) * clamp(grad_out, min=0): guided backprop
+    # (the mask and the clamp commute). That tensor was just made by the ReLU's backward and goes only to
+    # the layer before, so it is clamped in place: no activation-sized copy per ReLU.
+    return (grad_inputs[0].clamp_(min=0),)
 
 
 def _guide_output(module, inputs, output):
-    # Clamp the gradient arriving at the ReLU's output; the ReLU's own backward then applies its mask
-    # (x > 0), so what leaves the ReLU is (x > 0) * clamp(grad_out, min=0): guided backprop. A tensor hook
-    # costs one clamp, where a full backward hook (the course's version) wraps the module in extra autograd
-    # nodes that cost about half a forward pass on VGG16 (measured in bench/methods.py).
-    if output.requires_grad:
-        output.register_hook(_positive)
-
-
-def _guide_output_in_place(module, inputs, output):
-    if output.requires_grad:
-        output.register_hook(_positive_in_place)
+    # Each forward makes a new backward node for the ReLU, so its hook is planted here, in a forward hook.
+    # A node hook costs one in-place clamp, where a full backward hook (the course's version) wraps the
+    # module in extra autograd nodes that cost about half a forward pass on VGG16 (bench/methods.py).
+    if output.grad_fn is not None:
+        output.grad_fn.register_hook(_clamp_relu_gradient)
 
 
 @contextmanager
@@ -81,16 +70,13 @@ def guided_relus(module: nn.Module):
             f"{type(module).__name__} has no nn.ReLU modules to guide: use a model with one nn.ReLU per activation "
             "(labkit.keras_to_torch.to_torch builds one from a Keras model)"
         )
-    from .keras_to_torch import KerasTwin
-
-    hook = _guide_output_in_place if isinstance(module, KerasTwin) else _guide_output  # a chain: see above
     handles, was_inplace = [], []
     try:
         for relu in relus:
             if relu.inplace:
                 relu.inplace = False
                 was_inplace.append(relu)
-            handles.append(relu.register_forward_hook(hook))
+            handles.append(relu.register_forward_hook(_guide_output))
         yield module
     finally:
         for handle in handles:
