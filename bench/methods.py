@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import time
@@ -34,19 +35,28 @@ import torch  # noqa: E402
 from labkit import attribution, data, gradcam, guided_backprop, keras_to_torch, models, occlusion, saliency  # noqa: E402
 
 
-def measure(fns: dict, repeats: int) -> dict:
-    """Median seconds per call of each function, timed in turns (a, b, c, a, b, c, ...).
+def measure(fns: dict, repeats: int, seconds: float = 3.0) -> dict:
+    """Median seconds per call of each function, timed in turns, in a new order each round (b, a, c, c, a, b, ...).
+
+    ``repeats`` rounds at least; fast functions get more rounds, up to about ``seconds`` in all.
 
     Taking turns spreads the machine's slow spells over every implementation instead of one, so the
-    ratios are steadier than timing each one in a row.
+    ratios are steadier than timing each one in a row; shuffling the order (seeded: the same in every
+    run) keeps any one implementation from always running right after another, whose caches it inherits.
     """
+    start = time.perf_counter()
     for fn in fns.values():
         fn()  # warm-up: first calls build graphs and caches
+    # At least ``repeats`` rounds, more (up to ~``seconds``) when a round is fast: a median of 3 calls of
+    # 2 ms each moves by 5% from run to run, one of 100 by about 1%.
+    rounds = max(repeats, min(300, int(seconds / (time.perf_counter() - start))))
     times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    order, rng = list(fns), random.Random(0)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name in order:
             start = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 

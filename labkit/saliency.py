@@ -31,16 +31,20 @@ def input_gradient(model, images, target=None, score: str = "logit", preprocesse
     CPU): the same numbers, less memory held for the backward pass, and faster on a CPU.
     """
     x = prepare(model, images, preprocessed)
-    grads, targets = [], []
-    for part, part_target in passes(len(x), images_per_pass(x.shape[1], x.shape[2], x.device), target):
-        xp = x[part].detach().requires_grad_(True)
-        with torch.enable_grad():  # even if the caller is inside torch.no_grad()
-            scores = class_scores(model, xp, score)
-            t = resolve_targets(part_target, scores)
-            (grad,) = torch.autograd.grad(scores.gather(1, t[:, None]).sum(), xp)
-        grads.append(grad)
-        targets.append(t)
-    return (grads[0], targets[0]) if len(grads) == 1 else (torch.cat(grads), torch.cat(targets))
+    parts = passes(len(x), images_per_pass(x.shape[1], x.shape[2], x.device), target)
+    if len(parts) == 1:  # the whole batch in one pass, as it comes
+        return _gradient(model, x, target, score)
+    grads, targets = zip(*(_gradient(model, x[part], part_target, score) for part, part_target in parts))
+    return torch.cat(grads), torch.cat(targets)
+
+
+def _gradient(model, x: torch.Tensor, target, score: str):
+    x = x.detach().requires_grad_(True)  # a new leaf: the caller's tensor is left as it is
+    with torch.enable_grad():  # even if the caller is inside torch.no_grad()
+        scores = class_scores(model, x, score)
+        targets = resolve_targets(target, scores)
+        (grad,) = torch.autograd.grad(scores.gather(1, targets[:, None]).sum(), x)
+    return grad, targets
 
 
 def saliency(model, images, target=None, score: str = "logit", preprocessed: bool = False) -> Explanation:

@@ -120,6 +120,63 @@ def test_the_torch_twin_matches_captum_and_any_wrapper_of_it(tiny):
     assert tiny.hooks(twin) == 0
 
 
+class _GuidedReLU(torch.autograd.Function):
+    """An independent guided ReLU: (y > 0) * clamp(grad, min=0), written as its own autograd function."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = x.clamp(min=0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return grad.clamp(min=0) * (y > 0)
+
+
+class Branching(nn.Module):
+    """A residual block: the add hands ONE gradient tensor to both of its inputs (relu2's output and a).
+
+    Clamping a gradient in place where several branches read it would corrupt the others; guided_relus
+    clamps only what each ReLU's own backward just produced, which is why it is safe here.
+    """
+
+    def __init__(self, reference=False):
+        super().__init__()
+        self.reference = reference
+        self.conv1, self.relu1 = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()
+        self.conv2, self.relu2 = nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(inplace=True)
+        self.fc = nn.Linear(4, 3)
+
+    def relu(self, module, x):
+        return _GuidedReLU.apply(x) if self.reference else module(x)
+
+    def forward(self, x):
+        a = self.relu(self.relu1, self.conv1(x.permute(0, 3, 1, 2)))
+        b = self.relu(self.relu2, self.conv2(a))
+        # No ReLU after the add: the gradient it hands to both branches has the dense layer's signs.
+        return self.fc((b + a).mean((2, 3)))
+
+
+def test_a_shared_gradient_is_not_clamped_for_the_other_branch():
+    from captum.attr import GuidedBackprop
+
+    torch.manual_seed(5)
+    net = Branching()
+    reference = Branching(reference=True)
+    reference.load_state_dict(net.state_dict())
+    x = torch.randn(3, 6, 6, 3, generator=torch.Generator().manual_seed(4))
+    ours = guided_backprop(net, x)
+    xr = x.clone().requires_grad_(True)
+    scores = reference(xr)
+    (expected,) = torch.autograd.grad(scores.gather(1, torch.as_tensor(ours.targets)[:, None]).sum(), xr)
+    np.testing.assert_allclose(ours.raw, expected.numpy(), rtol=1e-5, atol=1e-7)
+    theirs = GuidedBackprop(net).attribute(x, target=torch.as_tensor(ours.targets)).detach().numpy()
+    np.testing.assert_allclose(ours.raw, theirs, rtol=1e-5, atol=1e-7)
+    assert net.relu2.inplace and not np.allclose(ours.raw, saliency(net, x, target=ours.targets).raw)
+
+
 def test_inplace_relus_give_the_same_and_are_restored(tiny):
     plain, inplace = tiny.net(size=8, seed=13), tiny.net(size=8, seed=13, inplace=True)
     x = torch.randn(3, 8, 8, 3, generator=torch.Generator().manual_seed(1))
@@ -136,7 +193,7 @@ def test_context_restores_everything_after_an_exception(tiny):
             assert not any(r.inplace for r in relus) and tiny.hooks(net) == len(relus)
             raise RuntimeError("boom")
     assert all(r.inplace for r in relus) and tiny.hooks(net) == 0
-    # The full-backward-hook mark is put back: torch accepts a plain backward hook again (it raises otherwise).
+    # Nor is a full backward hook left: torch refuses a plain backward hook next to one, and accepts this.
     relus[0].register_backward_hook(lambda *a: None).remove()
 
 
