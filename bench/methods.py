@@ -13,7 +13,8 @@ cost counted in forward passes of the Keras model. Every Grad-CAM row ends with 
 resolution (captum's is interpolated, bilinear, as labkit's). labkit runs a large batch in passes of
 ``labkit.attribution.images_per_pass`` images (16 at 96 x 96, 2 at 224 x 224 on a CPU), as a user gets it;
 the peers take the batch in one pass, as they do by default. The "plain torch (floor)" rows are the same
-arithmetic written out in a few lines of torch, with nothing checked: what no library can beat by much.
+arithmetic written out in a few lines of torch, with nothing checked (guided backprop's: hooks on every
+ReLU's backward node, planted and removed in the call): what no library can beat by much.
 """
 
 from __future__ import annotations
@@ -119,6 +120,24 @@ def run(backbone_name: str, batch: int, repeats: int, rows: list):
             cam = torch.relu((g.mean((2, 3))[:, :, None, None] * a).sum(1))
             return torch.nn.functional.interpolate(cam[:, None], size=(h, h), mode="bilinear")
 
+    relus = [m for m in twin.modules() if isinstance(m, torch.nn.ReLU)]
+
+    def clamp(grad_inputs, grad_outputs):
+        return (grad_inputs[0].clamp(min=0),)
+
+    def plant(module, inputs, output):
+        output.grad_fn.register_hook(clamp)
+
+    def plain_guided_backprop():
+        handles = [relu.register_forward_hook(plant) for relu in relus]
+        try:
+            xg = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(twin.logits(xg).gather(1, targets[:, None]).sum(), xg)
+            return g.abs().amax(-1)
+        finally:
+            for handle in handles:
+                handle.remove()
+
     # Saliency: |d logit / d x|, max over channels.
     sal_captum = Saliency(twin.logits)
     fwd, fwd_keras = add("saliency", {
@@ -151,6 +170,7 @@ def run(backbone_name: str, batch: int, repeats: int, rows: list):
     add("guided_backprop", {
         "labkit": lambda: guided_backprop.guided_backprop(twin, x, targets, preprocessed=True),
         "captum": lambda: gbp.attribute(x, target=targets),
+        "plain torch (floor)": lambda: plain_guided_backprop(),
     }, "<= 2.5 fwd")
 
     print(f"# {backbone_name} batch {batch}: one forward {fwd * 1000:.1f} ms (twin), {fwd_keras * 1000:.1f} ms (Keras)",

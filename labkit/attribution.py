@@ -44,8 +44,8 @@ def prepare(model, images, preprocessed: bool = False) -> torch.Tensor:
             x = model.check_images(x)
             return x.to(model.device)
         return model.tensor(images)
-    raw = np.asarray(images) if not isinstance(images, torch.Tensor) else images
-    if raw.dtype in (np.uint8, torch.uint8):
+    raw = images if isinstance(images, torch.Tensor) else np.asarray(images)
+    if raw.dtype == torch.uint8 or raw.dtype == np.uint8:
         # uint8 is RGB pixels: a torch model takes the preprocessed batch, and would silently explain raw pixels.
         raise ValueError("a torch model takes the preprocessed float batch, not uint8 pixels: pass backbone.tensor(images)")
     x = torch.as_tensor(raw, dtype=torch.float32)
@@ -53,11 +53,9 @@ def prepare(model, images, preprocessed: bool = False) -> torch.Tensor:
         x = x[None]
     if x.ndim != 4:
         raise ValueError(f"images must be (N, H, W, C) or (H, W, C), got shape {tuple(x.shape)}")
-    try:
-        dev = next(model.parameters()).device
-    except StopIteration:
-        dev = x.device
-    return x.to(dev)
+    for parameter in model.parameters():  # the first one's device; none: where the images are
+        return x.to(parameter.device)
+    return x
 
 
 SCORES = ("logit", "probability")
@@ -109,9 +107,9 @@ def resolve_targets(target, scores: torch.Tensor) -> torch.Tensor:
         t = t.expand(n)
     if t.numel() != n:
         raise ValueError(f"got {t.numel()} targets for {n} images: give one class index, or one per image")
-    if n and (int(t.min()) < 0 or int(t.max()) >= c):
-        bad = t[(t < 0) | (t >= c)]
-        raise ValueError(f"class index {int(bad[0])} is out of range: the model has {c} classes (0..{c - 1})")
+    out_of_range = (t < 0) | (t >= c)
+    if out_of_range.any():
+        raise ValueError(f"class index {int(t[out_of_range][0])} is out of range: the model has {c} classes (0..{c - 1})")
     return t.clone()  # never the caller's own tensor
 
 
