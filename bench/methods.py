@@ -106,7 +106,7 @@ def run(backbone_name: str, batch: int, repeats: int, rows: list):
     # The floor: the same arithmetic written out in torch, in one pass, with nothing checked or kept. Not a peer.
     up_to, after = twin.split(twin.output_of[layer_name])
 
-    def plain_saliency():
+    def plain_saliency():  # also guided backprop's, inside its hooks
         xg = x.detach().requires_grad_(True)
         (g,) = torch.autograd.grad(twin.logits(xg).gather(1, targets[:, None]).sum(), xg)
         return g.abs().amax(-1)
@@ -131,9 +131,7 @@ def run(backbone_name: str, batch: int, repeats: int, rows: list):
     def plain_guided_backprop():
         handles = [relu.register_forward_hook(plant) for relu in relus]
         try:
-            xg = x.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(twin.logits(xg).gather(1, targets[:, None]).sum(), xg)
-            return g.abs().amax(-1)
+            return plain_saliency()
         finally:
             for handle in handles:
                 handle.remove()
@@ -144,7 +142,7 @@ def run(backbone_name: str, batch: int, repeats: int, rows: list):
         "labkit": lambda: saliency.saliency(twin, x, targets, preprocessed=True),
         "labkit (keras)": lambda: saliency.saliency(backbone, x, targets, preprocessed=True),
         "captum": lambda: sal_captum.attribute(x, target=targets, abs=True).amax(-1),
-        "plain torch (floor)": lambda: plain_saliency(),
+        "plain torch (floor)": plain_saliency,
     }, "<= 2.5 fwd")
 
     # Grad-CAM at the last conv layer.
@@ -161,7 +159,7 @@ def run(backbone_name: str, batch: int, repeats: int, rows: list):
         "captum": lambda: LayerAttribution.interpolate(
             torch.relu(lgc.attribute(x, target=targets, relu_attributions=False)), (h, h), "bilinear"),
         "pytorch-grad-cam": lambda: pgc(input_tensor=x_nchw, targets=pgc_targets),
-        "plain torch (floor)": lambda: plain_gradcam(),
+        "plain torch (floor)": plain_gradcam,
     }, "<= 1.2 fwd")
     pgc.activations_and_grads.release()
 
@@ -170,7 +168,7 @@ def run(backbone_name: str, batch: int, repeats: int, rows: list):
     add("guided_backprop", {
         "labkit": lambda: guided_backprop.guided_backprop(twin, x, targets, preprocessed=True),
         "captum": lambda: gbp.attribute(x, target=targets),
-        "plain torch (floor)": lambda: plain_guided_backprop(),
+        "plain torch (floor)": plain_guided_backprop,
     }, "<= 2.5 fwd")
 
     print(f"# {backbone_name} batch {batch}: one forward {fwd * 1000:.1f} ms (twin), {fwd_keras * 1000:.1f} ms (Keras)",

@@ -37,7 +37,14 @@ class Explanation:
 
 
 def prepare(model, images, preprocessed: bool = False) -> torch.Tensor:
-    """The batch as a preprocessed float32 NHWC tensor on the model's device."""
+    """The batch as a preprocessed float32 NHWC tensor on the model's device; an empty batch is an error."""
+    x = _prepare(model, images, preprocessed)
+    if len(x) == 0:  # every method would return empty maps without a word
+        raise ValueError("there are no images to explain: pass at least one image")
+    return x
+
+
+def _prepare(model, images, preprocessed: bool) -> torch.Tensor:
     if isinstance(model, Backbone):
         if preprocessed:
             x = torch.as_tensor(images, dtype=torch.float32)

@@ -83,3 +83,16 @@ def test_methods_give_the_same_maps_in_passes(tiny, monkeypatch):
             assert np.array_equal(split.targets, whole.targets)
             np.testing.assert_allclose(split.raw, whole.raw, rtol=1e-5, atol=1e-7)
             np.testing.assert_allclose(split.maps, whole.maps, rtol=1e-5, atol=1e-7)
+
+
+def test_every_method_refuses_an_empty_batch(tiny):
+    from labkit.gradcam import gradcam
+    from labkit.guided_backprop import guided_backprop
+    from labkit.occlusion import occlusion
+    from labkit.saliency import saliency
+
+    net = tiny.net(size=8, seed=3)
+    empty = torch.zeros(0, 8, 8, 3)
+    for method in (saliency, gradcam, guided_backprop, lambda m, x: occlusion(m, x, size=4, stride=4, progress=False)):
+        with pytest.raises(ValueError, match="no images to explain"):
+            method(net, empty)
