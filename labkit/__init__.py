@@ -15,6 +15,10 @@ class BackendError(RuntimeError):
     """Keras was imported with a backend other than torch before labkit."""
 
 
+class WeightsError(RuntimeError):
+    """Weights are missing, corrupt or could not be downloaded (``labkit.models.WeightsError``)."""
+
+
 def _pin_keras_backend() -> None:
     if "keras" in sys.modules:
         backend = sys.modules["keras"].backend.backend()
@@ -28,6 +32,17 @@ def _pin_keras_backend() -> None:
 
 _pin_keras_backend()
 
-from . import data, models  # noqa: E402  (the backend must be pinned first)
+# The submodules load on first use (``labkit.models``, ``from labkit import data``): importing labkit itself
+# pins the backend and nothing more, so ``labkit --help`` does not pay for torch and Keras.
+_LAZY = ("data", "models")
 
-__all__ = ["BackendError", "data", "models", "__version__"]
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'labkit' has no attribute {name!r}")
+
+
+__all__ = ["BackendError", "WeightsError", "data", "models", "__version__"]

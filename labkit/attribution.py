@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from skimage.transform import resize
 
-from .models import Backbone
+from .models import Backbone, as_batch_array, check_values
 
 
 @dataclass
@@ -47,19 +47,19 @@ def prepare(model, images, preprocessed: bool = False) -> torch.Tensor:
 def _prepare(model, images, preprocessed: bool) -> torch.Tensor:
     if isinstance(model, Backbone):
         if preprocessed:
-            x = torch.as_tensor(images, dtype=torch.float32)
-            x = model.check_images(x)
-            return x.to(model.device)
+            x = model.check_images(images, pixels=False)
+            return torch.as_tensor(x, dtype=torch.float32).to(model.device)
         return model.tensor(images)
-    raw = images if isinstance(images, torch.Tensor) else np.asarray(images)
+    raw = as_batch_array(images)
     if raw.dtype == torch.uint8 or raw.dtype == np.uint8:
         # uint8 is RGB pixels: a torch model takes the preprocessed batch, and would silently explain raw pixels.
         raise ValueError("a torch model takes the preprocessed float batch, not uint8 pixels: pass backbone.tensor(images)")
+    if raw.ndim == 3:
+        raw = raw[None]
+    if raw.ndim != 4:
+        raise ValueError(f"images must be (N, H, W, C) or (H, W, C), got shape {tuple(raw.shape)}")
+    check_values(raw, pixels=False)
     x = torch.as_tensor(raw, dtype=torch.float32)
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4:
-        raise ValueError(f"images must be (N, H, W, C) or (H, W, C), got shape {tuple(x.shape)}")
     for parameter in model.parameters():  # the first one's device; none: where the images are
         return x.to(parameter.device)
     return x
@@ -104,12 +104,41 @@ def _is_softmax_output(model) -> bool:
     )
 
 
+def target_tensor(target) -> torch.Tensor | None:
+    """``target`` checked and flattened to a 1-D int64 tensor (None stays None): the one place targets are read.
+
+    A class index is an integer: a Python or numpy int, or an integer array / list / tensor holding one per image.
+    Floats (2.7 would silently become class 2), booleans (True would become class 1) and class names are refused
+    with a one-line ValueError.
+    """
+    if target is None:
+        return None
+    shown = repr(target) if len(repr(target)) <= 40 else f"{type(target).__name__} {repr(target)[:37]}..."
+    if isinstance(target, str):
+        raise ValueError(f"target must be a class index, got the name {target!r}: "
+                         f"give its index, e.g. backbone.class_names.index({target!r})")
+    if isinstance(target, torch.Tensor):
+        ok = not target.is_floating_point() and not target.is_complex() and target.dtype != torch.bool
+        t = target
+    else:
+        try:
+            arr = np.asarray(target)
+        except (ValueError, TypeError):
+            arr = np.asarray(None)
+        ok = arr.dtype.kind in "iu"
+        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64)) if ok else None
+    if not ok:
+        raise ValueError(f"target must be a class index (an int) or one per image, got {shown}: "
+                         "use int(...) for one class, or an integer array")
+    return t.reshape(-1).long()
+
+
 def resolve_targets(target, scores: torch.Tensor) -> torch.Tensor:
     """Target class per image: the argmax of ``scores`` (N, C) when target is None; checked against C."""
     n, c = scores.shape
     if target is None:
         return scores.argmax(dim=1)
-    t = torch.as_tensor(target, dtype=torch.long, device=scores.device).reshape(-1)
+    t = target_tensor(target).to(scores.device)
     if t.numel() == 1:
         t = t.expand(n)
     if t.numel() != n:
@@ -144,10 +173,8 @@ def passes(n: int, size: int, target=None) -> list[tuple[slice, object]]:
     """
     if n == 0:
         raise ValueError("there are no images to explain: pass at least one image")
-    t = None
-    if target is not None:
-        t = target if isinstance(target, torch.Tensor) else torch.as_tensor(np.asarray(target))
-        t = t.reshape(-1)
+    t = target_tensor(target)
+    if t is not None:
         if t.numel() not in (1, n):
             raise ValueError(f"got {t.numel()} targets for {n} images: give one class index, or one per image")
     return [(slice(s, min(s + size, n)), t if t is None or t.numel() == 1 else t[s : s + size]) for s in range(0, n, size)]

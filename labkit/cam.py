@@ -250,7 +250,7 @@ def cam(head: CAMHead, images, target=None, batch_size: int = 32, progress: bool
         raise ValueError(f"cam needs a CAMHead, got {type(head).__name__}: train one with "
                          "train_cam_head(backbone, images, labels)")
     bb = head.backbone
-    images = bb.check_images(images if isinstance(images, torch.Tensor) else np.asarray(images))
+    images = bb.check_images(images, pixels=not preprocessed)
     sub = _feature_model(bb, head.layer)
     w = torch.as_tensor(head.weights, device=bb.device)
     b = torch.as_tensor(head.bias, device=bb.device)

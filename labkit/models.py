@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import torch
 from keras import layers
 from tqdm.auto import tqdm
 
+from . import WeightsError
 from . import data as lkdata
 
 DATA_DIR = Path(os.environ.get("LABKIT_DATA", Path(__file__).resolve().parent.parent / "data"))
@@ -38,10 +40,6 @@ VGG16_MD5 = "64373286793e3c8b2b4e3219cbf3544b"
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 BACKBONES = ("minivgg", "vgg16")
-
-
-class WeightsError(RuntimeError):
-    """Weights are missing, corrupt or could not be downloaded."""
 
 
 def device() -> torch.device:
@@ -97,8 +95,17 @@ class Backbone:
     def device(self) -> torch.device:
         return device()
 
-    def check_images(self, images) -> np.ndarray | torch.Tensor:
-        """(H, W, 3) or (N, H, W, 3) RGB at the input size, as a batch; anything else is a one-line error."""
+    def check_images(self, images, pixels: bool = True) -> np.ndarray | torch.Tensor:
+        """(H, W, 3) or (N, H, W, 3) at the input size, as a batch (numpy, or torch for a tensor); anything else is
+        a one-line ValueError naming the fix. The one place every method's images are checked.
+
+        ``pixels=True``: RGB pixels in [0, 255] of any real dtype (uint8 is checked for free). Floats whose values
+        all lie in [0, 1] (but not all 0) are refused rather than guessed at: multiply them by 255 (or pass them
+        through ``labkit.data.load_image``, which rescales them). Out-of-range values (preprocessed input given as
+        pixels, say) and booleans are refused. ``pixels=False``: a preprocessed batch, any finite values.
+        NaN or infinite values are refused either way.
+        """
+        images = as_batch_array(images)
         if images.ndim == 3:
             images = images[None]
         h, w = self.input_size
@@ -107,8 +114,8 @@ class Backbone:
                 f"{self.name} takes RGB images of shape (N, {h}, {w}, 3) or ({h}, {w}, 3), got {tuple(images.shape)}: "
                 f"resize with labkit.data.load_image(image, {h})"
             )
+        check_values(images, pixels)
         return images
-
     def preprocess(self, images):
         """RGB pixels in [0, 255] (N, H, W, 3) to model input; numpy in, numpy out; torch in, torch out."""
         images = self.check_images(images)
@@ -154,6 +161,58 @@ class Backbone:
 
     def conv_layers(self) -> list[str]:
         return [l.name for l in self.model.layers if isinstance(l, layers.Conv2D)]
+
+
+def as_batch_array(images) -> np.ndarray | torch.Tensor:
+    """A torch tensor as it is; any array-like (numpy, list, tuple) as a numpy array; anything else a ValueError."""
+    if isinstance(images, torch.Tensor):
+        return images
+    if images is None or isinstance(images, (str, bytes, os.PathLike, dict, set)):
+        raise ValueError(
+            f"images must be an array of RGB pixels, (H, W, 3) or (N, H, W, 3), got {type(images).__name__}: "
+            "read a file with labkit.data.load_image(path, backbone.input_size)"
+        )
+    try:
+        arr = np.asarray(images)
+    except (ValueError, TypeError) as exc:  # ragged lists, mixed objects
+        raise ValueError(f"images must be one array of same-sized RGB images (N, H, W, 3): {exc}") from None
+    if arr.dtype == object or not (arr.dtype == bool or np.issubdtype(arr.dtype, np.number)):
+        raise ValueError(
+            f"images must be an array of numbers, got dtype {arr.dtype}: stack same-sized images with np.stack(images)"
+        )
+    return arr
+
+
+def check_values(images, pixels: bool = True) -> None:
+    """Refuse booleans, complex numbers, NaN and infinity, and (``pixels``) values outside [0, 255] or floats in [0, 1]."""
+    dtype = images.dtype
+    if dtype in (bool, torch.bool):
+        raise ValueError(
+            "images are boolean (a mask?), not pixels: give RGB pixels in [0, 255] (e.g. mask.astype(np.uint8) * 255)"
+        )
+    empty = images.size == 0 if isinstance(images, np.ndarray) else images.numel() == 0
+    if dtype in (np.uint8, torch.uint8) or empty:
+        return  # uint8 is always in range; an empty batch is refused where it is explained
+    if np.iscomplexobj(images) if isinstance(images, np.ndarray) else images.is_complex():
+        raise ValueError("images are complex numbers: give real RGB pixels in [0, 255]")
+    if isinstance(images, torch.Tensor):
+        lo, hi = (float(v) for v in torch.aminmax(images.detach()))  # one pass, one sync; NaN propagates
+    else:
+        lo, hi = float(images.min()), float(images.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError("images hold NaN or infinite values: check how they were computed (np.isfinite(images).all())")
+    if not pixels:
+        return
+    if lo < 0 or hi > 255:
+        raise ValueError(
+            f"pixels must be in [0, 255], got values in [{lo:.4g}, {hi:.4g}]: give RGB pixels "
+            "(already preprocessed? pass preprocessed=True)"
+        )
+    is_float = images.is_floating_point() if isinstance(images, torch.Tensor) else np.issubdtype(dtype, np.floating)
+    if is_float and 0 < hi <= 1:
+        raise ValueError(
+            "pixels are floats in [0, 1], labkit takes [0, 255]: multiply by 255 (or use labkit.data.load_image(image))"
+        )
 
 
 def freeze(model: keras.Model) -> keras.Model:
@@ -207,11 +266,65 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+MINIVGG_META_KEYS = ("classes", "input_size", "widths", "fc", "sha256")
+_RESTORE = "restore it with `git checkout data/` (or retrain with `make weights`)"
+
+
 def minivgg_metadata() -> dict:
+    """``data/minivgg.json``, checked: a missing file, invalid JSON or a missing key is one line naming the file."""
     path = DATA_DIR / MINIVGG_META
     if not path.is_file():
         raise WeightsError(f"no {path}: the bundled minivgg is missing; run `make weights` to train it")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WeightsError(f"{path} is not valid JSON ({exc}): {_RESTORE}") from None
+    missing = [k for k in MINIVGG_META_KEYS if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise WeightsError(f"{path} lacks {', '.join(missing)}: {_RESTORE}")
+    return meta
+
+
+def _h5_problem(path: Path, layout: Callable[["h5py.File"], str | None]) -> str | None:
+    """Why ``path`` is not a usable weights file (None when it opens and ``layout`` finds nothing wrong).
+
+    Opening an HDF5 file reads its header and group index only (milliseconds, also for VGG16's 528 MB).
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return layout(f)
+    except OSError as exc:
+        return f"not an HDF5 weights file ({str(exc).split('(')[0].strip() or type(exc).__name__})"
+
+
+def _minivgg_layout(f) -> str | None:
+    # Keras 3's .weights.h5: layers/<layer>/vars/<i>; minivgg has 13 convs and 3 dense layers.
+    if "layers" not in f:
+        return "not a Keras 3 .weights.h5 file (no 'layers' group)"
+    names = list(f["layers"].keys())
+    convs = sum(n.startswith("conv2d") for n in names)
+    dense = sum(n.startswith("dense") for n in names)
+    if (convs, dense) != (13, 3):
+        return f"holds {convs} conv and {dense} dense layers, minivgg has 13 and 3"
+    return None
+
+
+def minivgg_problem(path: Path | None = None) -> str | None:
+    """Why minivgg's weights (default: the bundled ones) cannot be loaded, or None — cheap, for `labkit info`."""
+    bundled = path is None
+    path = DATA_DIR / MINIVGG_WEIGHTS if bundled else Path(path)
+    if not path.is_file():
+        return f"no file at {path}"
+    if bundled:
+        try:
+            meta = minivgg_metadata()
+        except WeightsError as exc:
+            return str(exc)
+        if sha256_of(path) != meta["sha256"]:
+            return f"{path} does not match the sha256 in {MINIVGG_META}"
+    return _h5_problem(path, _minivgg_layout)
 
 
 def minivgg_backbone(model: keras.Model, class_names=lkdata.CLASSES) -> Backbone:
@@ -238,9 +351,22 @@ def _load_minivgg(weights="bundled") -> Backbone:
     if not path.is_file():
         raise WeightsError(f"no minivgg weights at {path}: run `make weights` to train them")
     if weights == "bundled" and sha256_of(path) != meta["sha256"]:
-        raise WeightsError(f"{path} does not match the sha256 in {MINIVGG_META}: restore it with `git checkout data/`")
-    model.load_weights(path)
+        raise WeightsError(f"{path} does not match the sha256 in {MINIVGG_META}: {_RESTORE}")
+    fix = _RESTORE if weights == "bundled" else "give a file written by minivgg's model.save_weights"
+    _load_weights(model, path, "minivgg", _minivgg_layout, fix)
     return minivgg_backbone(model, meta["classes"])
+
+
+def _load_weights(model: keras.Model, path: Path, what: str, layout, fix: str) -> None:
+    """``model.load_weights(path)``, or one line naming the file and the fix when it is not usable."""
+    problem = _h5_problem(path, layout)
+    if problem is None:
+        try:
+            model.load_weights(path)
+            return
+        except (OSError, ValueError, KeyError) as exc:  # h5py and Keras' complaints about a file's content
+            problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    raise WeightsError(f"{path} is not usable as {what} weights: {problem}; {fix}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -265,43 +391,75 @@ def imagenet_classes() -> tuple[str, ...]:
     return tuple(VGG16_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def _check_hash(path: Path, sha256: str | None) -> None:
-    """Verify ``path`` against a pinned sha256, or against Keras' published md5 when none is pinned."""
+def check_sha256(sha256: str | None) -> str | None:
+    """A pinned sha256 as 64 lowercase hex digits (None: none pinned); anything else is a one-line error."""
+    if sha256 is None or sha256 == "":
+        return None
+    hexdigits = sha256.strip().lower()
+    if len(hexdigits) != 64 or any(ch not in "0123456789abcdef" for ch in hexdigits):
+        raise WeightsError(f"--sha256 / LABKIT_VGG16_SHA256 must be 64 hex digits (as `labkit fetch` prints), got {sha256!r}")
+    return hexdigits
+
+
+def _check_hash(path: Path, sha256: str | None, source: str) -> None:
+    """Verify ``path`` (a copy of ``source``) against a pinned sha256, or Keras' published md5 when none is pinned."""
     if sha256:
         digest = sha256_of(path)
-        if digest != sha256.lower():
-            raise WeightsError(f"checksum mismatch for {path.name}: sha256 {digest}, expected {sha256}")
+        if digest != sha256:
+            raise WeightsError(f"checksum mismatch for {source}: sha256 {digest}, expected {sha256}")
     else:
-        md5 = hashlib.md5(path.read_bytes()).hexdigest()
-        if md5 != VGG16_MD5:
-            raise WeightsError(f"checksum mismatch for {path.name}: md5 {md5}, expected Keras' {VGG16_MD5}")
+        h = hashlib.md5()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != VGG16_MD5:
+            raise WeightsError(
+                f"checksum mismatch for {source}: md5 {h.hexdigest()}, expected Keras' {VGG16_MD5} "
+                "(pin another file's sha256 with --sha256)"
+            )
+
+
+# A partial download not written to for this long belongs to a fetch that was killed: the next fetch removes it.
+STALE_PART_SECONDS = 600
+
+
+def _remove_stale_parts(folder: Path) -> None:
+    now = time.time()
+    for part in folder.glob(f".{VGG16_FILE}.*.part"):
+        try:
+            if now - part.stat().st_mtime > STALE_PART_SECONDS:
+                part.unlink()
+        except OSError:  # gone already, or not ours to remove
+            pass
 
 
 def fetch_vgg16(source: str | None = None, sha256: str | None = None, timeout: float = 10.0, progress: bool = True) -> Path:
     """Put VGG16's ImageNet weights in Keras' cache (where ``keras.applications.VGG16`` looks) and verify them.
 
     ``source`` is a URL or a local file (default: Keras' download address, or ``LABKIT_VGG16_URL``).
-    ``sha256`` pins the file's checksum (default ``LABKIT_VGG16_SHA256``; without one, Keras' md5 is checked).
+    ``sha256`` pins the file's checksum (default ``LABKIT_VGG16_SHA256``; without one, Keras' md5 is checked);
+    it is checked for form before anything is downloaded.
     The file is written under a temporary name and moved into place only once it is complete and
-    verified, so a failed or interrupted transfer never leaves a half-written file in the cache.
+    verified, so a failed or interrupted transfer never leaves a half-written file in the cache; the
+    partial files of a fetch killed outright are removed by the next one.
     """
     source = source or os.environ.get("LABKIT_VGG16_URL") or VGG16_URL
-    sha256 = sha256 or os.environ.get("LABKIT_VGG16_SHA256") or None
+    sha256 = check_sha256(sha256 or os.environ.get("LABKIT_VGG16_SHA256") or None)
+    if "://" not in source and not Path(source).is_file():
+        raise WeightsError(f"no weights file at {source}: check the path")
     dest = vgg16_cached_path()
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(dest.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{VGG16_FILE}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
             if "://" not in source:
-                src = Path(source)
-                if not src.is_file():
-                    raise WeightsError(f"no weights file at {src}: check the path")
-                with open(src, "rb") as f:
+                with open(source, "rb") as f:
                     shutil.copyfileobj(f, out, 1 << 20)
             else:
                 _download(source, out, timeout, progress)
-        _check_hash(tmp, sha256)
+        _check_hash(tmp, sha256, source)
         os.replace(tmp, dest)
         return dest
     finally:
@@ -326,24 +484,50 @@ def _download(url: str, out, timeout: float, progress: bool) -> None:
         raise WeightsError(f"download of {url} was cut short: {got} of {total} bytes")
 
 
-def _vgg16_weights_path(weights) -> Path | None:
+def _vgg16_layout(f) -> str | None:
+    """Keras' published VGG16 file (the legacy h5 layout): its layer names, and the classifier's shape."""
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in f.attrs.get("layer_names", [])]
+    if not names:
+        if "layers" in f:
+            return "a Keras 3 .weights.h5 file (minivgg's format?), not VGG16's weights"
+        return "no 'layer_names': not a Keras VGG16 weights file"
+    missing = [n for n in ("block1_conv1", "block5_conv3", "fc1", "fc2", "predictions") if n not in names]
+    if missing:
+        return f"no layer {missing[0]!r}: not VGG16's weights"
+    kernels = [f["predictions"][k] for k in f["predictions"].attrs.get("weight_names", [])]
+    if not kernels or tuple(kernels[0].shape) != (4096, 1000):
+        return "its predictions layer is not VGG16's 4096 x 1000"
+    return None
+
+
+def vgg16_problem(path: Path) -> str | None:
+    """Why ``path`` is not a usable VGG16 weights file, or None (cheap: opens the file, reads no weights)."""
+    path = Path(path)
+    if not path.is_file():
+        return f"no file at {path}"
+    return _h5_problem(path, _vgg16_layout)
+
+
+def _vgg16_weights_path(weights) -> tuple[Path | None, str]:
+    """(the weights file, what to do if it is unusable)."""
     if weights is None:
-        return None
+        return None, ""
     if weights != "imagenet":
         path = Path(weights)
         if not path.is_file():
             raise WeightsError(f"no VGG16 weights file at {path}: check the path")
-        return path
+        return path, "give VGG16's ImageNet weights file (vgg16_weights_tf_dim_ordering_tf_kernels.h5)"
     env = os.environ.get("LABKIT_VGG16_WEIGHTS")
     if env:
         if not Path(env).is_file():
             raise WeightsError(f"LABKIT_VGG16_WEIGHTS={env} is not a file: fix or unset it")
-        return Path(env)
+        return Path(env), "point LABKIT_VGG16_WEIGHTS at VGG16's ImageNet weights file, or unset it"
     cached = vgg16_cached_path()
+    fix = f"delete it and run `labkit fetch vgg16` (or `labkit fetch vgg16 --from COPY`)"
     if cached.is_file():
-        return cached
+        return cached, fix
     try:
-        return fetch_vgg16(timeout=10.0)
+        return fetch_vgg16(timeout=10.0), fix
     except WeightsError as exc:
         raise WeightsError(
             f"VGG16's ImageNet weights are not cached and {exc}: run `labkit fetch vgg16` on a machine with internet, "
@@ -352,10 +536,10 @@ def _vgg16_weights_path(weights) -> Path | None:
 
 
 def _load_vgg16(weights="imagenet") -> Backbone:
-    path = _vgg16_weights_path(weights)
+    path, fix = _vgg16_weights_path(weights)
     model = keras.applications.VGG16(weights=None, include_top=True)
     if path is not None:
-        model.load_weights(path)
+        _load_weights(model, path, "VGG16", _vgg16_layout, fix)
     return Backbone(
         name="vgg16",
         model=freeze(model),
@@ -381,15 +565,21 @@ def load(name: str = "minivgg", weights="default") -> Backbone:
 
 
 def backbone_state(name: str) -> str:
-    """'bundled', 'cached', 'local file' or 'missing' — for `labkit info`."""
+    """Where each backbone's weights are and whether they are usable (each file opened, cheaply) — for `labkit info`."""
     if name == "minivgg":
-        return "bundled" if (DATA_DIR / MINIVGG_WEIGHTS).is_file() else "missing (run `make weights`)"
-    if os.environ.get("LABKIT_VGG16_WEIGHTS"):
-        ok = Path(os.environ["LABKIT_VGG16_WEIGHTS"]).is_file()
-        return f"local file {os.environ['LABKIT_VGG16_WEIGHTS']}" + ("" if ok else " (MISSING)")
-    if vgg16_cached_path().is_file():
-        return f"cached at {vgg16_cached_path()}"
-    return "missing (run `labkit fetch vgg16`)"
+        problem = minivgg_problem()
+        return "bundled" if problem is None else f"UNUSABLE: {problem} ({_RESTORE})"
+    env = os.environ.get("LABKIT_VGG16_WEIGHTS")
+    if env:
+        where, fix = f"local file {env}", "point LABKIT_VGG16_WEIGHTS at VGG16's weights or unset it"
+        path = Path(env)
+    elif vgg16_cached_path().is_file():
+        path = vgg16_cached_path()
+        where, fix = f"cached at {path}", "delete it and run `labkit fetch vgg16`"
+    else:
+        return "missing (run `labkit fetch vgg16`)"
+    problem = vgg16_problem(path)
+    return where if problem is None else f"{where} UNUSABLE: {problem} ({fix})"
 
 
 def evaluate(backbone: Backbone, n: int = 2000, seed: int = 1, progress: bool = True) -> float:

@@ -85,6 +85,8 @@ def occlusion(
     fill_t = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
     if fill_t.ndim > 1 or fill_t.numel() not in (1, c):
         raise ValueError(f"fill must be a number or {c} numbers (one per channel), got shape {tuple(fill_t.shape)}")
+    if not torch.isfinite(fill_t).all():
+        raise ValueError(f"fill must be finite (a preprocessed value, e.g. backbone.grey), got {fill!r}")
     fill_t = fill_t.reshape(-1)
 
     rows, cols = grid(h, sy, ty).to(x.device), grid(w, sx, tx).to(x.device)
