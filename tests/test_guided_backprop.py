@@ -302,8 +302,26 @@ def test_guided_gradcam_backbone_builds_its_twin_once(tiny):
     bb = tiny.keras(seed=22)
     x = torch.randn(2, 8, 8, 3, generator=torch.Generator().manual_seed(6))
     gg = guided_gradcam(bb, x, preprocessed=True)
-    twin = bb._torch_twin[1]
-    assert guided_gradcam(bb, x, preprocessed=True) is not None and bb._torch_twin[1] is twin  # cached
+    twin = bb._torch_twin[-1]
+    assert guided_gradcam(bb, x, preprocessed=True) is not None and bb._torch_twin[-1] is twin  # cached
     ref = guided_gradcam(bb, x, twin=to_torch(bb.model), preprocessed=True)
     np.testing.assert_allclose(gg.raw, ref.raw, rtol=1e-6, atol=1e-8)
     assert tiny.hooks(twin) == 0
+
+
+def test_guided_gradcam_twin_follows_the_weights(tiny):
+    # The model-randomisation sanity check: randomise a layer in place with set_weights, explain again. The
+    # cached twin copied the old weights and must not be used; the result equals a fresh conversion's.
+    to_torch = pytest.importorskip("labkit.keras_to_torch").to_torch
+    bb = tiny.keras(seed=23)
+    x = torch.randn(2, 8, 8, 3, generator=torch.Generator().manual_seed(7))
+    before = guided_gradcam(bb, x, target=1, preprocessed=True)
+    rng = np.random.default_rng(0)
+    for name in ("fc", "conv1"):
+        layer = bb.model.get_layer(name)
+        layer.set_weights([rng.normal(size=w.shape).astype("float32") for w in layer.get_weights()])
+        after = guided_gradcam(bb, x, target=1, preprocessed=True)
+        fresh = guided_gradcam(bb, x, target=1, twin=to_torch(bb.model), preprocessed=True)
+        np.testing.assert_allclose(after.raw, fresh.raw, rtol=1e-5, atol=1e-7)
+        assert not np.allclose(after.raw, before.raw, rtol=1e-3)
+        before = after
