@@ -357,16 +357,21 @@ def _load_minivgg(weights="bundled") -> Backbone:
     return minivgg_backbone(model, meta["classes"])
 
 
+def _refuse_unusable(path: Path, what: str, layout, fix: str, problem: str | None = None) -> None:
+    """One line naming the file and the fix when ``path`` is not usable (checked cheaply before building a model)."""
+    problem = problem or _h5_problem(path, layout)
+    if problem is not None:
+        raise WeightsError(f"{path} is not usable as {what} weights: {problem}; {fix}")
+
+
 def _load_weights(model: keras.Model, path: Path, what: str, layout, fix: str) -> None:
-    """``model.load_weights(path)``, or one line naming the file and the fix when it is not usable."""
-    problem = _h5_problem(path, layout)
-    if problem is None:
-        try:
-            model.load_weights(path)
-            return
-        except (OSError, ValueError, KeyError) as exc:  # h5py and Keras' complaints about a file's content
-            problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    raise WeightsError(f"{path} is not usable as {what} weights: {problem}; {fix}")
+    """``model.load_weights(path)``; what h5py or Keras say about a bad file's content becomes one line."""
+    _refuse_unusable(path, what, layout, fix)
+    try:
+        model.load_weights(path)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        _refuse_unusable(path, what, layout, fix, problem=first)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -537,6 +542,8 @@ def _vgg16_weights_path(weights) -> tuple[Path | None, str]:
 
 def _load_vgg16(weights="imagenet") -> Backbone:
     path, fix = _vgg16_weights_path(weights)
+    if path is not None:
+        _refuse_unusable(path, "VGG16", _vgg16_layout, fix)  # before building the model (seconds)
     model = keras.applications.VGG16(weights=None, include_top=True)
     if path is not None:
         _load_weights(model, path, "VGG16", _vgg16_layout, fix)
