@@ -11,7 +11,7 @@
 
 * in markdown cells, the same region becomes ``YOUR ANSWER HERE``;
 * outputs and execution counts are cleared; cell metadata (nbval's tags among it) is kept, except the
-  volatile timing records Jupyter adds.
+  volatile timing records Jupyter adds and nbgrader's grading metadata.
 
 The output is deterministic (same bytes every run). Each generated notebook records, in
 ``metadata.labkit.release_sha256``, the sha256 of its own canonical content without that field; a student
@@ -50,6 +50,8 @@ META_KEY = "labkit"
 HASH_KEY = "release_sha256"
 # Cell metadata that records when and how long a cell ran: noise in a fresh student notebook.
 VOLATILE_CELL_METADATA = ("execution", "ExecuteTime", "collapsed", "scrolled")
+# nbgrader's cell metadata (see labkit/grading.py): for the instructor's grading, not for students.
+GRADING_CELL_METADATA = ("nbgrader",)
 
 _BEGIN_RE = re.compile(r"^([ \t]*)" + re.escape(BEGIN) + r"[ \t]*$")
 _END_RE = re.compile(r"^[ \t]*" + re.escape(END) + r"[ \t]*$")
@@ -128,7 +130,7 @@ def student_notebook(solution, name: str):
         else:
             n = 0
         regions += n
-        for key in VOLATILE_CELL_METADATA:
+        for key in VOLATILE_CELL_METADATA + GRADING_CELL_METADATA:
             cell.metadata.pop(key, None)
         if nb.nbformat_minor >= 5 and not cell.get("id"):
             # nbformat would invent a random id on write; derive one so the output stays deterministic.
