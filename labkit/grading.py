@@ -223,7 +223,7 @@ def stamp(solutions_dir=None, check: bool = False) -> list[str]:
 
 def config_text(course_id: str, assignment: str, backbone: str, timeout: int) -> str:
     """The ``nbgrader_config.py`` of a labkit course."""
-    stub = f"{rel.CODE_STUB}\nraise NotImplementedError({rel.STUB_MESSAGE!r})"
+    stub = "\n".join(rel._code_stub(""))  # release's stub, line for line
     return f'''"""nbgrader configuration of the labkit lab, written by `labkit grading init` (edit freely).
 
 The lab is one assignment, {assignment!r}: source/{assignment}/ holds every stage's notebook, stamped by
