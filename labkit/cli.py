@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain.add_parser(sub)
     release.add_parser(sub)
+    __import__("labkit.grading").grading.add_parser(sub)  # labkit grading stamp|init (nbgrader)
     return p
 
 

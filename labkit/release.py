@@ -11,13 +11,16 @@
 
 * in markdown cells, the same region becomes ``YOUR ANSWER HERE``;
 * outputs and execution counts are cleared; cell metadata (nbval's tags among it) is kept, except the
-  volatile timing records Jupyter adds.
+  volatile timing records Jupyter adds and nbgrader's grading metadata.
 
 The output is deterministic (same bytes every run). Each generated notebook records, in
 ``metadata.labkit.release_sha256``, the sha256 of its own canonical content without that field; a student
 notebook whose content no longer matches it has been edited, and release will not overwrite it (or delete
 it, when its solution is gone) unless ``force=True``, which first copies it to
-``notebooks/.backup/<name>.<timestamp>.ipynb``. Every file is written to a temporary file and moved into
+``notebooks/backups/<name>.<timestamp>.ipynb`` and prints that path. Release replaces or removes only the
+notebooks it wrote itself, known by ``metadata.labkit.generated_from`` naming a solution of the same file name;
+anything else in ``notebooks/`` (a student's ``my_notes.ipynb``, a copy of a released notebook) is never
+touched, even with ``force``, and is listed. Every file is written to a temporary file and moved into
 place with ``os.replace``, so none is ever half-written; all notebooks are transformed before any is
 written, so a bad marker in one leaves every file as it was.
 
@@ -45,11 +48,13 @@ END = "### END SOLUTION"
 CODE_STUB = "# YOUR CODE HERE"
 STUB_MESSAGE = "replace this line with your solution"
 ANSWER_STUB = "YOUR ANSWER HERE"
-BACKUP_DIR = ".backup"
+BACKUP_DIR = "backups"  # a visible folder in notebooks/: JupyterLab hides dot folders
 META_KEY = "labkit"
 HASH_KEY = "release_sha256"
 # Cell metadata that records when and how long a cell ran: noise in a fresh student notebook.
 VOLATILE_CELL_METADATA = ("execution", "ExecuteTime", "collapsed", "scrolled")
+# nbgrader's cell metadata (see labkit/grading.py): for the instructor's grading, not for students.
+GRADING_CELL_METADATA = ("nbgrader",)
 
 _BEGIN_RE = re.compile(r"^([ \t]*)" + re.escape(BEGIN) + r"[ \t]*$")
 _END_RE = re.compile(r"^[ \t]*" + re.escape(END) + r"[ \t]*$")
@@ -128,7 +133,7 @@ def student_notebook(solution, name: str):
         else:
             n = 0
         regions += n
-        for key in VOLATILE_CELL_METADATA:
+        for key in VOLATILE_CELL_METADATA + GRADING_CELL_METADATA:
             cell.metadata.pop(key, None)
         if nb.nbformat_minor >= 5 and not cell.get("id"):
             # nbformat would invent a random id on write; derive one so the output stays deterministic.
@@ -156,17 +161,32 @@ def render(solution_path: Path) -> str:
 # Files
 
 
+def provenance(path: Path) -> tuple[bool, bool]:
+    """``(ours, edited)`` for a file in the notebooks folder.
+
+    ``ours``: release wrote it, under this very name (``metadata.labkit.generated_from`` names a solutions
+    notebook of the same file name, and the release hash is there). A copy a student made of a released
+    notebook (``02_occlusion-Copy1.ipynb``), their own notebook, or a file that cannot be read is not ours.
+    ``edited``: its content no longer matches the hash release stored (always True for a file not ours).
+    """
+    try:
+        nb = nbformat.read(str(path), as_version=4)
+    except Exception:
+        return False, True
+    meta = nb.metadata.get(META_KEY)
+    if not isinstance(meta, dict) or not isinstance(meta.get("generated_from"), str) or HASH_KEY not in meta:
+        return False, True
+    if Path(meta["generated_from"]).name != path.name:
+        return False, True
+    return True, meta[HASH_KEY] != content_sha256(nb)
+
+
 def edited(path: Path) -> bool:
     """True when a student notebook's content no longer matches the hash release stored in it.
 
     A notebook release did not write (no hash), or one that cannot be read, counts as edited: it may be work.
     """
-    try:
-        nb = nbformat.read(str(path), as_version=4)
-    except Exception:
-        return True
-    stored = nb.metadata.get(META_KEY, {}).get(HASH_KEY) if isinstance(nb.metadata.get(META_KEY), dict) else None
-    return stored is None or stored != content_sha256(nb)
+    return provenance(path)[1]
 
 
 def _umask() -> int:
@@ -192,7 +212,10 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def backup(path: Path) -> Path:
-    """Copy a student notebook to ``<its folder>/.backup/<name>.<UTC timestamp>.ipynb`` (never overwriting one)."""
+    """Copy a student notebook to ``<its folder>/backups/<name>.<UTC timestamp>.ipynb`` (never overwriting one).
+
+    ``backups/`` is an ordinary folder, visible in JupyterLab's file browser next to the notebooks.
+    """
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     folder = path.parent / BACKUP_DIR
     dest = folder / f"{path.stem}.{stamp}{path.suffix}"
@@ -210,42 +233,61 @@ def backup(path: Path) -> Path:
 
 @dataclass
 class Report:
-    """What release did (or, with check, what it would do). Paths are file names within the notebooks folder."""
+    """What release did (or, with check, what it would do). Names are file names within the notebooks folder."""
 
     check: bool
+    notebooks_dir: Path = Path("notebooks")
     written: list = field(default_factory=list)  # created or updated
     unchanged: list = field(default_factory=list)
-    removed: list = field(default_factory=list)  # generated notebooks whose solution is gone
-    backups: list = field(default_factory=list)  # Paths of the copies kept before overwriting
+    removed: list = field(default_factory=list)  # written by release, solution gone, not edited (or --force)
+    backups: list = field(default_factory=list)  # Paths of the copies kept before replacing or removing
     missing: list = field(default_factory=list)  # check: not generated yet
     stale: list = field(default_factory=list)  # check: differ from what release would write
-    extra: list = field(default_factory=list)  # no solution of that name (release: edited, so left alone)
-    refused: list = field(default_factory=list)  # edited by hand, not overwritten (needs --force)
+    refused: list = field(default_factory=list)  # written by release, edited since: needs --force
+    extra: list = field(default_factory=list)  # written by release, its solution gone (release: edited, kept)
+    not_ours: list = field(default_factory=list)  # a solution's name, but release did not write the file: never touched
+    left_alone: list = field(default_factory=list)  # no solution of that name, not written by release: never touched
 
     @property
     def ok(self) -> bool:
         if self.check:
-            return not (self.missing or self.stale or self.extra)
-        return not (self.refused or self.extra)
+            return not (self.missing or self.stale or self.extra or self.not_ours)
+        return not (self.refused or self.extra or self.not_ours)
 
     @property
     def exit_code(self) -> int:
         return 0 if self.ok else 1
 
     def lines(self) -> list[str]:
+        backups = self.notebooks_dir / BACKUP_DIR
+        force = f"`labkit release --force` {{}} it after a backup to {backups}/"
+        not_ours = [f"not ours: {n} was not written by labkit release, so release leaves it alone: move or rename it, "
+                    "then run `labkit release` to get the new version" for n in self.not_ours]
+        left = [f"left alone: {n} (not written by labkit release)" for n in self.left_alone]
         out = []
         if self.check:
             out += [f"missing: {n} (run `labkit release`)" for n in self.missing]
-            out += [f"stale: {n}{' (edited by hand)' if n in self.refused else ''} (run `labkit release`)" for n in self.stale]
-            out += [f"extra: {n} (no solutions notebook of that name)" for n in self.extra]
+            for n in self.stale:
+                if n in self.refused:
+                    out.append(f"stale: {n} was edited since release wrote it; `labkit release` will refuse it; " + force.format("replaces"))
+                else:
+                    out.append(f"stale: {n} (run `labkit release`)")
+            for n in self.extra:
+                if n in self.refused:
+                    out.append(f"extra: {n} has no solutions notebook and was edited since release wrote it; " + force.format("removes"))
+                else:
+                    out.append(f"extra: {n} has no solutions notebook (run `labkit release`: it removes it)")
+            out += not_ours + left
             if self.ok:
                 out.append(f"up to date: {len(self.unchanged)} student notebook(s)")
             return out
         out += [f"wrote: {n}" for n in self.written]
         out += [f"removed: {n} (its solutions notebook is gone)" for n in self.removed]
-        out += [f"backup: {p}" for p in self.backups]
-        out += [f"refused: {n} was edited since it was generated; rerun with --force to replace it (a backup is kept)" for n in self.refused]
-        out += [f"extra: {n} has no solutions notebook and may hold work; left alone (remove it, or --force removes it after a backup)" for n in self.extra]
+        out += [f"backup: {p} (the edited version, kept before release replaced or removed it)" for p in self.backups]
+        out += [f"refused: {n} was edited since it was generated; " + force.format("replaces") for n in self.refused]
+        out += [f"extra: {n} has no solutions notebook and was edited since release wrote it; left alone ("
+                + force.format("removes") + ")" for n in self.extra]
+        out += not_ours + left
         out.append(f"{len(self.written)} written, {len(self.unchanged)} unchanged, {len(self.removed)} removed")
         return out
 
@@ -253,9 +295,9 @@ class Report:
 def release(solutions_dir=None, notebooks_dir=None, force: bool = False, check: bool = False) -> Report:
     """Write ``notebooks/<name>`` for every ``solutions/*.ipynb``; with ``check``, write nothing and report.
 
-    Edited student notebooks are left alone unless ``force`` (then backed up first). Student notebooks
-    whose solution is gone are removed when release wrote them and nobody edited them since, and
-    otherwise reported as extra (removed with ``force``, after a backup).
+    Release replaces or removes only notebooks it wrote itself (see ``provenance``): an edited one only with
+    ``force``, after a backup to ``notebooks/backups/``; a notebook it did not write is never touched, even
+    with ``force``, and is listed. Notebooks it wrote whose solution is gone are removed.
     """
     solutions_dir = Path(solutions_dir) if solutions_dir is not None else ROOT / "solutions"
     notebooks_dir = Path(notebooks_dir) if notebooks_dir is not None else ROOT / "notebooks"
@@ -267,7 +309,7 @@ def release(solutions_dir=None, notebooks_dir=None, force: bool = False, check: 
     # Transform everything first: a broken solutions notebook stops the release before any file changes.
     wanted = {p.name: render(p).encode("utf-8") for p in sorted(solutions_dir.glob("*.ipynb"))}
     present = sorted(p.name for p in notebooks_dir.glob("*.ipynb")) if notebooks_dir.is_dir() else []
-    report = Report(check=check)
+    report = Report(check=check, notebooks_dir=notebooks_dir)
 
     for name, data in wanted.items():
         target = notebooks_dir / name
@@ -281,7 +323,10 @@ def release(solutions_dir=None, notebooks_dir=None, force: bool = False, check: 
         if target.read_bytes() == data:
             report.unchanged.append(name)
             continue
-        hand_edited = edited(target)
+        ours, hand_edited = provenance(target)
+        if not ours:
+            report.not_ours.append(name)
+            continue
         if check:
             report.stale.append(name)
             if hand_edited:
@@ -299,10 +344,15 @@ def release(solutions_dir=None, notebooks_dir=None, force: bool = False, check: 
         if name in wanted:
             continue
         target = notebooks_dir / name
-        if check:
+        ours, hand_edited = provenance(target)
+        if not ours:
+            report.left_alone.append(name)
+        elif check:
             report.extra.append(name)
-        elif not edited(target) or force:
-            if edited(target):
+            if hand_edited:
+                report.refused.append(name)
+        elif not hand_edited or force:
+            if hand_edited:
                 report.backups.append(backup(target))
             target.unlink()
             report.removed.append(name)
@@ -330,7 +380,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if any student notebook is missing, stale or extra")
-    p.add_argument("--force", action="store_true", help="also replace student notebooks edited by hand (a backup is kept in .backup/)")
+    p.add_argument("--force", action="store_true", help="also replace (or remove) notebooks release wrote that were edited since; a backup goes to notebooks/backups/ first. Files release did not write are never touched")
     p.add_argument("--solutions", type=Path, default=None, help=f"solutions folder (default {ROOT / 'solutions'})")
     p.add_argument("--notebooks", type=Path, default=None, help=f"student notebooks folder (default {ROOT / 'notebooks'})")
 

@@ -146,13 +146,20 @@ def test_check_writes_nothing_and_finds_missing_stale_extra(lab):
     rel.release(sol, stu)
     assert rel.release(sol, stu, check=True).ok
 
+    nbformat.write(solution_notebook(), sol / "99_orphan.ipynb")
+    rel.release(sol, stu)
+    (sol / "99_orphan.ipynb").unlink()  # extra: release wrote it, its solution is gone
     nbformat.write(solution_notebook("print('changed')\n"), sol / "01_first.ipynb")  # solution changed: stale
     (stu / "02_second.ipynb").unlink()  # missing
-    nbformat.write(solution_notebook(), stu / "99_orphan.ipynb")  # extra
+    nbformat.write(solution_notebook(), stu / "my_notes.ipynb")  # a student's own: listed, never touched
     before = snapshot(stu)
     report = rel.release(sol, stu, check=True)
     assert (report.stale, report.missing, report.extra) == (["01_first.ipynb"], ["02_second.ipynb"], ["99_orphan.ipynb"])
+    assert report.left_alone == ["my_notes.ipynb"]
     assert report.exit_code == 1 and snapshot(stu) == before
+    lines = "\n".join(report.lines())
+    assert "stale: 01_first.ipynb (run `labkit release`)" in lines
+    assert "extra: 99_orphan.ipynb has no solutions notebook (run `labkit release`: it removes it)" in lines
 
 
 def test_unedited_notebook_is_updated_without_backup(lab):
@@ -183,7 +190,7 @@ def test_edited_notebook_is_not_overwritten_without_force(lab):
     assert (stu / "01_first.ipynb").read_bytes() == work
     assert any("--force" in line for line in report.lines())
     check = rel.release(sol, stu, check=True)
-    assert check.stale == ["01_first.ipynb"] and "edited by hand" in " ".join(check.lines())
+    assert check.stale == ["01_first.ipynb"] and "was edited since release wrote it" in " ".join(check.lines())
 
 
 def test_force_overwrites_and_keeps_a_backup(lab):
@@ -200,27 +207,87 @@ def test_force_overwrites_and_keeps_a_backup(lab):
     edit(stu)
     report = rel.release(sol, stu, force=True)
     assert len(list((stu / rel.BACKUP_DIR).glob("*.ipynb"))) == 2
-    assert rel.release(sol, stu, check=True).ok  # backups live in a hidden folder: not "extra"
+    assert rel.release(sol, stu, check=True).ok  # backups live in their own folder: not "extra"
 
 
-def test_a_notebook_release_did_not_write_counts_as_edited(lab):
+def test_backups_are_visible_and_their_path_is_printed(lab):
+    """Issue 11 §7: JupyterLab hides notebooks/.backup/, so nobody found the copies."""
+    sol, stu = lab
+    rel.release(sol, stu)
+    edit(stu)
+    report = rel.release(sol, stu, force=True)
+    backup = report.backups[0]
+    assert not any(part.startswith(".") for part in backup.relative_to(stu).parts)
+    assert any(str(backup) in line for line in report.lines())
+
+
+def test_check_gives_the_advice_release_will_follow(lab):
+    """Issue 11 §7: for an edited notebook, "run `labkit release`" was wrong: release refuses it."""
+    sol, stu = lab
+    rel.release(sol, stu)
+    edit(stu)
+    nbformat.write(solution_notebook("print('v2')\n"), sol / "01_first.ipynb")
+    lines = rel.release(sol, stu, check=True).lines()
+    line = next(line for line in lines if "01_first.ipynb" in line)
+    assert "run `labkit release`)" not in line and "`labkit release --force` replaces it" in line
+    assert str(stu / rel.BACKUP_DIR) in line
+    assert rel.release(sol, stu).refused == ["01_first.ipynb"]  # as announced
+    assert rel.release(sol, stu, force=True).written == ["01_first.ipynb"]
+
+
+def test_force_never_deletes_a_notebook_that_never_had_a_solution(lab):
+    """Issue 11 §7 / issue 12: `--force` deleted a student's own my_notes.ipynb."""
+    sol, stu = lab
+    rel.release(sol, stu)
+    nbformat.write(solution_notebook(), stu / "my_notes.ipynb")
+    mine = (stu / "my_notes.ipynb").read_bytes()
+    for force in (False, True):
+        report = rel.release(sol, stu, force=force)
+        assert report.left_alone == ["my_notes.ipynb"] and not report.removed and report.ok
+        assert (stu / "my_notes.ipynb").read_bytes() == mine
+    assert any("left alone: my_notes.ipynb" in line for line in report.lines())
+
+
+def test_a_copy_of_a_released_notebook_is_the_students(lab):
+    """A duplicate (JupyterLab's "Duplicate": 01_first-Copy1.ipynb) carries release's marker and a valid hash,
+    but release did not write that file: it must survive, with or without --force."""
+    sol, stu = lab
+    rel.release(sol, stu)
+    copy = stu / "01_first-Copy1.ipynb"
+    copy.write_bytes((stu / "01_first.ipynb").read_bytes())
+    for force in (False, True):
+        report = rel.release(sol, stu, force=force)
+        assert report.left_alone == ["01_first-Copy1.ipynb"] and not report.removed
+        assert copy.exists()
+
+
+def test_a_notebook_release_did_not_write_is_never_replaced(lab):
     sol, stu = lab
     stu.mkdir()
-    nbformat.write(solution_notebook(), stu / "01_first.ipynb")  # no release hash: someone's own file
-    report = rel.release(sol, stu)
-    assert report.refused == ["01_first.ipynb"] and report.written == ["02_second.ipynb"]
+    nbformat.write(solution_notebook(), stu / "01_first.ipynb")  # no release marker: someone's own file
+    theirs = (stu / "01_first.ipynb").read_bytes()
+    assert rel.edited(stu / "01_first.ipynb")
+    for force in (False, True):
+        report = rel.release(sol, stu, force=force)
+        assert report.not_ours == ["01_first.ipynb"] and report.exit_code == 1 and not report.backups
+        assert (stu / "01_first.ipynb").read_bytes() == theirs
+    assert report.written == ["02_second.ipynb"] or report.unchanged == ["02_second.ipynb"]
+    assert any("not ours: 01_first.ipynb" in line and "move or rename it" in line for line in report.lines())
+    check = rel.release(sol, stu, check=True)
+    assert check.not_ours == ["01_first.ipynb"] and check.exit_code == 1
 
 
 def test_orphans_removed_only_when_unedited(lab):
     sol, stu = lab
     rel.release(sol, stu)
     (sol / "02_second.ipynb").unlink()
-    nbformat.write(solution_notebook(), stu / "03_mine.ipynb")  # a student's own notebook
+    (sol / "01_first.ipynb").unlink()
+    edit(stu, "01_first.ipynb")  # released, then worked in
     report = rel.release(sol, stu)
-    assert report.removed == ["02_second.ipynb"] and report.extra == ["03_mine.ipynb"] and report.exit_code == 1
-    assert not (stu / "02_second.ipynb").exists() and (stu / "03_mine.ipynb").exists()
+    assert report.removed == ["02_second.ipynb"] and report.extra == ["01_first.ipynb"] and report.exit_code == 1
+    assert not (stu / "02_second.ipynb").exists() and (stu / "01_first.ipynb").exists()
     report = rel.release(sol, stu, force=True)
-    assert report.removed == ["03_mine.ipynb"] and len(report.backups) == 1 and report.ok
+    assert report.removed == ["01_first.ipynb"] and len(report.backups) == 1 and report.ok
 
 
 def test_failed_write_leaves_old_file_and_no_temp(lab, monkeypatch):

@@ -4,6 +4,10 @@ Every check prints one line: ``PASS ...`` or ``HINT ...`` (the first recognised 
 look at, never as the answer), and returns True or False. A check never raises because of a student's
 mistake; it raises only when it is called wrongly (e.g. the wrong data passed in).
 
+Under nbgrader's autograding (the environment variable ``LABKIT_AUTOGRADE`` set to 1, as the
+``nbgrader_config.py`` that ``labkit grading init`` writes does) a failed check raises ``AssertionError``
+with the same ``HINT ...`` line instead, so the autograded test cell fails and nbgrader's feedback shows the hint.
+
 Most checks work by *mutants*: the reference answer computed with one known mistake built in (no absolute
 value, a sum instead of a max...). A student's answer that matches a mutant gets that mutant's hint.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import traceback
 
 import numpy as np
@@ -21,12 +26,27 @@ class Hint(Exception):
     """A recognised mistake; the message is what the student sees."""
 
 
+AUTOGRADE_ENV = "LABKIT_AUTOGRADE"
+
+
+def autograding() -> bool:
+    """True when a failed check must fail its cell: ``LABKIT_AUTOGRADE`` is set to 1 (or true/yes)."""
+    return os.environ.get(AUTOGRADE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
 def report(stage: str, run) -> bool:
-    """Run ``run()`` (which returns the PASS message or raises Hint) and print one line."""
+    """Run ``run()`` (which returns the PASS message or raises Hint) and print one line.
+
+    Under autograding a hint is raised as ``AssertionError("HINT [stage] ...")`` instead of printed.
+    """
     try:
         message = run()
     except Hint as hint:
-        print(f"HINT [{stage}] {hint}")
+        line = f"HINT [{stage}] {hint}"
+        if autograding():
+            __tracebackhide__ = True  # noqa: F841 - IPython leaves this frame out of the traceback
+            raise AssertionError(line) from None
+        print(line)
         return False
     print(f"PASS [{stage}] {message}")
     return True
