@@ -35,6 +35,7 @@ CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
+TIMINGS: list[str] = []  # one line per notebook, printed at the end of the run
 SERVER_START_S = 120  # a cold start on a loaded 2-core machine
 
 
@@ -122,6 +123,7 @@ def lab(tmp_path_factory):
     with open(log, "w") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = Lab(f"http://127.0.0.1:{port}", token, root, process, log)
+    started = time.monotonic()
     try:
         deadline = time.monotonic() + SERVER_START_S
         while True:
@@ -134,7 +136,9 @@ def lab(tmp_path_factory):
                 if time.monotonic() > deadline:
                     pytest.fail(f"JupyterLab did not answer within {SERVER_START_S} s:\n{server.log_tail()}")
                 time.sleep(0.3)
+        t0 = time.monotonic()
         yield server
+        TIMINGS.append(f"server up for {time.monotonic() - t0:.0f} s (started in {t0 - started:.1f} s)")
     finally:
         try:
             if process.poll() is None:
@@ -180,5 +184,7 @@ def pytest_terminal_summary(terminalreporter, config):
     factory = getattr(config, "_tmp_path_factory", None)
     base = getattr(factory, "_basetemp", None)
     folder = Path(base) / "browser-screenshots" if base else None
+    for line in TIMINGS:
+        terminalreporter.write_line(f"browser: {line}")
     if folder and folder.is_dir() and any(folder.iterdir()):
         terminalreporter.write_line(f"browser screenshots: {folder}")

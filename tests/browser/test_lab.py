@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from .conftest import ROOT, browser_missing
+from .conftest import ROOT, TIMINGS, browser_missing
 
 MISSING = browser_missing()
 if MISSING:
@@ -156,10 +156,9 @@ def move(page, index: int, kind: str):
 
 
 def show_controls(page):
-    """Scroll the first control to the top of the window: the screenshot shows it and its figure."""
+    """Scroll the first control to the top of the window: the screenshot shows it and the figure below it."""
     page.evaluate("""() => document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)')
-                        .querySelector('.widget-slider, .widget-dropdown').closest('.jp-Cell')
-                        .scrollIntoView({block: 'start'})""")
+                        .querySelector('.widget-slider, .widget-dropdown').scrollIntoView({block: 'start'})""")
     time.sleep(0.3)
 
 
@@ -210,7 +209,7 @@ def test_solution_widgets_redraw(page, lab, shots, notebook):
         assert not after["traceback"], f"{relpath}: {control['label']}: error in the widget's output:\n{after['traceback']}"
     show_controls(page)
     page.screenshot(path=shots / f"{notebook.stem}-after.png")
-    print(f"{relpath}: ran in {ran_s:.1f} s; redraws: " + ", ".join(f"{label} {s:.1f} s" for label, s in timings))
+    TIMINGS.append(f"{relpath}: Run All {ran_s:.1f} s; redraws: " + ", ".join(f"{label} {s:.1f} s" for label, s in timings))
 
 
 def test_student_path_stops_at_first_exercise(page, lab, shots):
@@ -229,7 +228,9 @@ def test_student_path_stops_at_first_exercise(page, lab, shots):
 
     exercise = next(i for i, c in enumerate(source.cells) if c.cell_type == "code" and "YOUR CODE HERE" in c.source)
     message = re.search(r"raise NotImplementedError\((['\"])(.+?)\1\)", source.cells[exercise].source).group(2)
+    t0 = time.monotonic()
     run_all(page, relpath)
+    TIMINGS.append(f"{relpath}: Run All to the first exercise {time.monotonic() - t0:.1f} s")
     page.screenshot(path=shots / "student-00-ran.png")
     nb = saved_notebook(page, lab, relpath)
     errors = errors_in(nb)
