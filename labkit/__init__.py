@@ -37,6 +37,27 @@ _pin_keras_backend()
 _LAZY = ("data", "models")
 
 
+def lazy_import(name: str):
+    """The module ``name``, executed on first attribute access (``importlib.util.LazyLoader``).
+
+    For the modules that register a `labkit` subcommand: ``nbformat = lazy_import("nbformat")`` at the top
+    costs nothing until the subcommand runs, where ``import nbformat`` would cost ``labkit --help`` a second.
+    """
+    import importlib.util
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    return module
+
+
 def __getattr__(name):
     if name in _LAZY:
         import importlib

@@ -1,10 +1,22 @@
-"""The `labkit` command: info, fetch, evaluate, explain, release."""
+"""The `labkit` command: info, fetch, evaluate, explain, release.
+
+Startup rule: `labkit --help` and `labkit SUBCOMMAND --help` answer in a fraction of a second, so neither this
+module nor any module in :data:`SUBCOMMAND_MODULES` imports torch, Keras, nbformat or numpy at its top (a
+second or more each). A subcommand imports them inside the function it dispatches to. ``import labkit`` is cheap
+(it pins the Keras backend and loads its submodules on first use). bench/cli.py measures the startup time;
+tests/test_cli_errors.py checks that building the parser imports none of them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import platform
 import sys
+
+# Modules that register their own subcommand with ``add_parser(subparsers)`` (the parser sets ``func``).
+# Each imports only the standard library at its top: see the startup rule above. Add a module here to register one.
+SUBCOMMAND_MODULES = ("labkit.explain", "labkit.release", "labkit.grading")
 
 
 def _info(args) -> int:
@@ -36,7 +48,10 @@ def _fetch(args) -> int:
         return 0
     from labkit import why_interpretability
 
-    print(why_interpretability.fetch_newsgroups())
+    try:
+        print(why_interpretability.fetch_newsgroups())
+    except RuntimeError as exc:  # its download failure, already one line with the fix
+        raise OSError(str(exc)) from None
     return 0
 
 
@@ -69,21 +84,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=1, help="dataset seed (default 1, never used in training)")
     s.set_defaults(func=_evaluate)
 
-    from labkit import explain, release
-
-    explain.add_parser(sub)
-    release.add_parser(sub)
-    __import__("labkit.grading").grading.add_parser(sub)  # labkit grading stamp|init (nbgrader)
+    for module in SUBCOMMAND_MODULES:
+        importlib.import_module(module).add_parser(sub)
     return p
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures that are the user's to fix, reported in one line: bad input (ValueError, including PIL's and
+    labkit's own), the file system and the network (OSError: a missing or unreadable file, a folder given for a
+    file, a full disk, a refused connection), unusable weights and a wrong Keras backend. Anything else is a bug
+    in labkit and keeps its traceback."""
+    from labkit import BackendError, WeightsError
+
+    return (ValueError, OSError, WeightsError, BackendError)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        # Bad input and missing files are the user's to fix: one line, no traceback.
-        print(f"labkit {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        # Ctrl-C: every subcommand writes through temporary files, removed on the way out, so nothing is half-written.
+        print(f"labkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except expected_errors() as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"labkit {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

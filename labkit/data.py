@@ -284,22 +284,35 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
 
 def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
     arr = np.asarray(arr)
+    if arr.dtype == object or not (arr.dtype == bool or np.issubdtype(arr.dtype, np.number)) or np.iscomplexobj(arr):
+        raise ValueError(f"an image array must hold real numbers, got dtype {arr.dtype}: give RGB pixels")
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise ValueError(f"an image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
-    arr = arr[..., :3].astype(np.float32)
-    if np.issubdtype(np.asarray(arr).dtype, np.floating) and arr.size and arr.max() <= 1.0:
-        arr = arr * 255.0  # floats in [0, 1] are the other common convention
-    return np.clip(arr, 0, 255)
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"the image is empty ({arr.shape[0]} x {arr.shape[1]} pixels): give an image with pixels")
+    floats = np.issubdtype(arr.dtype, np.floating)
+    if arr.dtype == bool:  # a mask: True is white
+        rgb = arr[..., :3].astype(np.float32) * 255.0
+    else:
+        rgb = arr[..., :3].astype(np.float32)
+    if floats and not np.isfinite(rgb).all():
+        raise ValueError("the image holds NaN or infinite values: check how it was computed")
+    if floats and rgb.max() <= 1.0:
+        rgb = rgb * 255.0  # floats in [0, 1] are the other common convention (integers are always [0, 255])
+    return np.clip(rgb, 0, 255)
 
 
 def load_image(image, size: int | tuple[int, int] | None = None) -> np.ndarray:
     """A file path (any format and mode Pillow reads) or an array, as (H, W, 3) uint8 RGB resized to ``size``.
 
     ``size`` is the backbone's input size (``backbone.input_size``); None keeps the image's own size.
+    Arrays may be RGB, RGBA or grey; float arrays whose values are all at most 1 are read as [0, 1] and scaled
+    to [0, 255] (integer arrays are always [0, 255]); boolean arrays are masks (True: white). This is the one
+    place labkit converts conventions: the methods themselves take pixels in [0, 255] and refuse the rest.
     """
     if isinstance(image, (str, Path)):
         path = Path(image)
@@ -309,10 +322,16 @@ def load_image(image, size: int | tuple[int, int] | None = None) -> np.ndarray:
             with Image.open(path) as img:
                 img.load()
                 rgb = _pil_to_rgb(img)
+        except Image.DecompressionBombError as exc:
+            raise ValueError(f"{path} is too large to open safely ({exc}): resize it to a smaller image first") from None
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise ValueError(f"cannot read {path} as an image ({type(exc).__name__}): use a JPEG or PNG file") from None
     else:
+        if image is None:
+            raise ValueError("load_image needs a file path or an image array, got None")
         rgb = _array_to_rgb(image)
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ValueError(f"the image is empty ({rgb.shape[0]} x {rgb.shape[1]} pixels): give an image with pixels")
     if size is not None:
         hw = (size, size) if isinstance(size, int) else tuple(size)
         if rgb.shape[:2] != hw:

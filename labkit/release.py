@@ -40,7 +40,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nbformat
+from . import lazy_import
+
+nbformat = lazy_import("nbformat")  # loaded when first used: `labkit release --help` stays instant (labkit/cli.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN = "### BEGIN SOLUTION"
