@@ -32,9 +32,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nbformat
-
+from labkit import lazy_import
 from labkit import release as rel
+
+nbformat = lazy_import("nbformat")  # loaded when first used: `labkit grading --help` stays instant (labkit/cli.py)
 
 ROOT = rel.ROOT
 CHECKS_DIR = ROOT / "labkit" / "checks"
