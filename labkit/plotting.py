@@ -62,3 +62,32 @@ def image_grid(images, titles=None, cols: int = 8, size: float = 1.6, suptitle: 
     if suptitle:
         fig.suptitle(suptitle)
     return fig
+
+
+def live(draw, **controls):
+    """The ``controls`` (ipywidgets) above a figure that ``draw(**values)`` returns, redrawn at each change.
+
+    While a redraw works, the old figure is replaced by a line saying so (a figure that no longer matches
+    the controls is never left on screen). The figure is handed to the Output widget from the kernel
+    (``append_display_data``), not captured with ``with out:``, which can stall automated runs of a
+    notebook (nbclient issue #312). Returns the VBox; its ``redraw()`` redraws with the current values.
+    """
+    import ipywidgets as widgets
+
+    out = widgets.Output()
+
+    def redraw(change=None):
+        values = {name: control.value for name, control in controls.items()}
+        out.outputs = ()
+        out.append_stdout("redrawing for " + ", ".join(f"{k}={v}" for k, v in values.items()) + " ...\n")
+        fig = draw(**values)
+        plt.close(fig)  # shown in `out` only
+        out.outputs = ()
+        out.append_display_data(fig)
+
+    for control in controls.values():
+        control.observe(redraw, names="value")
+    redraw()
+    box = widgets.VBox([widgets.HBox(list(controls.values())), out])
+    box.redraw = redraw
+    return box
