@@ -67,7 +67,8 @@ def image_grid(images, titles=None, cols: int = 8, size: float = 1.6, suptitle: 
 def live(draw, **controls):
     """The ``controls`` (ipywidgets) above a figure that ``draw(**values)`` returns, redrawn at each change.
 
-    While a redraw works, the old figure is replaced by a line saying so (a figure that no longer matches
+    A change that leaves every value as already drawn (a control whose observer moved another one first)
+    draws nothing. While a redraw works, the old figure is replaced by a line saying so (a figure that no longer matches
     the controls is never left on screen). The figure is handed to the Output widget from the kernel
     (``append_display_data``), not captured with ``with out:``, which can stall automated runs of a
     notebook (nbclient issue #312). Returns the VBox; its ``redraw()`` redraws with the current values.
@@ -75,9 +76,14 @@ def live(draw, **controls):
     import ipywidgets as widgets
 
     out = widgets.Output()
+    shown = {}
 
     def redraw(change=None):
         values = {name: control.value for name, control in controls.items()}
+        if change is not None and values == shown:
+            return  # one change that moved two controls (a layer and its channel list): draw once
+        shown.clear()
+        shown.update(values)
         out.outputs = ()
         out.append_stdout("redrawing for " + ", ".join(f"{k}={v}" for k, v in values.items()) + " ...\n")
         fig = draw(**values)

@@ -37,3 +37,19 @@ def test_live_redraws_on_change_and_never_leaves_a_stale_figure():
     assert plt.get_fignums() == []  # every figure closed: shown in the widget only
     box.redraw()
     assert calls[-1] == (5, True)
+
+
+def test_live_draws_once_when_one_change_moves_two_controls():
+    calls = []
+
+    def draw(layer, channel):
+        calls.append((layer, channel))
+        return plt.figure()
+
+    layer, channel = widgets.Dropdown(options=["a", "b"], value="a"), widgets.Dropdown(options=[0, 1, 2], value=2)
+    layer.observe(lambda change: setattr(channel, "options", [0, 1] if change.new == "b" else [0, 1, 2]), names="value")
+    plotting.live(draw, layer=layer, channel=channel)
+    layer.value = "b"  # resets channel's options (and value) first, then the layer's own redraw
+    assert calls == [("a", 2), ("b", 0)]
+    channel.value = 1
+    assert calls[-1] == ("b", 1) and len(calls) == 3
