@@ -208,6 +208,83 @@ def top_activations(backbone, images, layer: str, channel: int, k: int = 9, batc
     return hits
 
 
+def top_activations_all(backbone, images, layers=None, k: int = 9, batch_size: int = 64,
+                        progress: bool = True) -> dict[str, list[list[Hit]]]:
+    """``{layer: [hits of channel 0, hits of channel 1, ...]}``: :func:`top_activations` for every channel of
+    every layer in ``layers`` (default: every Conv2D layer), in **one** pass over the images.
+
+    Each list of hits is exactly what ``top_activations(backbone, images, layer, channel, k)`` returns (the
+    same order, the same ties). One pass costs about one forward of the images through the deepest layer
+    asked for, so a browser of layers and channels can find every answer ready.
+    """
+    model = _keras_model(backbone)
+    if layers is None:
+        layers = [l.name for l in _chain(model) if type(l).__name__ == "Conv2D"]
+    layers = list(layers)
+    if not layers:
+        raise ValueError("no layers given: name at least one conv or pooling layer")
+    outputs = []
+    for name in layers:
+        target = _get_layer(model, name)
+        if len(target.output.shape) != 4:
+            raise ValueError(f"layer {name!r} is not a spatial map: choose conv or pooling layers, from {_spatial_names(model)}")
+        outputs.append(target.output)
+    if k < 1 or batch_size < 1:
+        raise ValueError(f"k and batch_size must be >= 1, got k={k}, batch_size={batch_size}")
+    sub = keras.Model(model.inputs[0], outputs, name=f"{model.name}_top_all")
+    if backbone is not model:
+        to_input = backbone.tensor
+    else:
+        dev = _device(model)
+        to_input = lambda b: torch.as_tensor(np.asarray(b) if not isinstance(b, torch.Tensor) else b,  # noqa: E731
+                                             dtype=torch.float32).to(dev)
+
+    # Per layer, the running candidates: channel, value, global flat index (image-major, then row-major).
+    best = {name: (np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, np.int64)) for name in layers}
+    seen = 0
+    batches, total = _batches(images, batch_size)
+    with torch.no_grad():
+        for batch in tqdm(batches, total=total, desc=f"top-{k} of {len(layers)} layers", disable=not progress, leave=False):
+            x = to_input(batch)
+            acts = sub(x)
+            acts = [acts] if len(layers) == 1 and not isinstance(acts, (list, tuple)) else acts
+            for name, act in zip(layers, acts):
+                b, h, w, c = act.shape
+                rows = act.reshape(b * h, w, c)  # one map row per entry: row r, column j is flat index r * w + j
+                # A bound on each channel's k-th largest value: the k-th largest of the rows' maxima (those are
+                # k distinct units, so at least k units reach it). Only rows whose maximum reaches it can hold a
+                # unit of the top k; every unit >= the bound in them is a candidate (ties included, as in
+                # top_activations). Cheaper than a top-k over all B*h*w units of every channel.
+                peaks = rows.amax(dim=1)  # (b*h, c)
+                if b * h >= k:
+                    bound = torch.topk(peaks, k, dim=0).values[-1]  # (c,)
+                else:  # fewer rows than k: no bound from them, every unit is a candidate
+                    bound = rows.amin(dim=(0, 1))
+                row, chan = torch.nonzero(peaks >= bound, as_tuple=True)
+                values = rows[row, :, chan]  # (candidate rows, w)
+                which, col = torch.nonzero(values >= bound[chan][:, None], as_tuple=True)
+                chan, pos, vals = chan[which], row[which] * w + col, values[which, col]
+                old_c, old_v, old_i = best[name]
+                cs = np.concatenate([old_c, chan.cpu().numpy()])
+                vs = np.concatenate([old_v, vals.float().cpu().numpy()])
+                ids = np.concatenate([old_i, pos.cpu().numpy() + seen * h * w])
+                order = np.lexsort((ids, -vs, cs))  # by channel, then strongest first, then earliest
+                cs, vs, ids = cs[order], vs[order], ids[order]
+                first = np.searchsorted(cs, cs, side="left")
+                keep = (np.arange(len(cs)) - first) < k
+                best[name] = (cs[keep], vs[keep], ids[keep])
+            seen += len(x)
+    result = {}
+    for name, out in zip(layers, outputs):
+        h, w, channels = int(out.shape[1]), int(out.shape[2]), int(out.shape[3])
+        per = [[] for _ in range(channels)]
+        for ch, v, flat in zip(*best[name]):
+            n, p = divmod(int(flat), h * w)
+            per[int(ch)].append(Hit(n, divmod(p, w), float(v)))
+        result[name] = per
+    return result
+
+
 # ----------------------------------------------------------------------------------------------------
 # Cropping
 

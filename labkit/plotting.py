@@ -62,3 +62,38 @@ def image_grid(images, titles=None, cols: int = 8, size: float = 1.6, suptitle: 
     if suptitle:
         fig.suptitle(suptitle)
     return fig
+
+
+def live(draw, **controls):
+    """The ``controls`` (ipywidgets) above a figure that ``draw(**values)`` returns, redrawn at each change.
+
+    A change that leaves every value as already drawn (a control whose observer moved another one first)
+    draws nothing. While a redraw works, the old figure is replaced by a line saying so (a figure that no longer matches
+    the controls is never left on screen). The figure is handed to the Output widget from the kernel
+    (``append_display_data``), not captured with ``with out:``, which can stall automated runs of a
+    notebook (nbclient issue #312). Returns the VBox; its ``redraw()`` redraws with the current values.
+    """
+    import ipywidgets as widgets
+
+    out = widgets.Output()
+    shown = {}
+
+    def redraw(change=None):
+        values = {name: control.value for name, control in controls.items()}
+        if change is not None and values == shown:
+            return  # one change that moved two controls (a layer and its channel list): draw once
+        shown.clear()
+        shown.update(values)
+        out.outputs = ()
+        out.append_stdout("redrawing for " + ", ".join(f"{k}={v}" for k, v in values.items()) + " ...\n")
+        fig = draw(**values)
+        plt.close(fig)  # shown in `out` only
+        out.outputs = ()
+        out.append_display_data(fig)
+
+    for control in controls.values():
+        control.observe(redraw, names="value")
+    redraw()
+    box = widgets.VBox([widgets.HBox(list(controls.values())), out])
+    box.redraw = redraw
+    return box

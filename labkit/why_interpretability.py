@@ -431,6 +431,27 @@ def demo_backbone(name: str = "minivgg"):
         return models.load(name, weights=None), False
 
 
+def outlined_superpixels(result: ImageLime, object_mask=None) -> list[tuple[int, float, float | None]]:
+    """The superpixels LIME outlined, strongest first: (superpixel, weight, fraction of its pixels on the
+    object, or None without ``object_mask`` (H, W) bool)."""
+    chosen = set(np.unique(result.segments[result.mask]).tolist())
+    rows = []
+    for segment, weight in result.weights:
+        if segment in chosen:
+            on = None if object_mask is None else float(np.asarray(object_mask)[result.segments == segment].mean())
+            rows.append((segment, weight, on))
+    return rows
+
+
+def demo_mask(backbone, seed: int = 3):
+    """The object's mask (H, W) bool for :func:`demo_image` on minivgg; None for a photo (no mask)."""
+    from . import data
+
+    if backbone.name == "minivgg":
+        return data.make_shapes(1, seed=seed, size=backbone.input_size[0]).masks[0]
+    return None
+
+
 def demo_image(backbone, seed: int = 3) -> np.ndarray:
     """An image for the backbone: a shapes image for minivgg, a cat photo for vgg16."""
     from . import data

@@ -202,7 +202,28 @@ def nchw(twin, x, target, hook):
     return guided_gradients(twin, x, target, hook).permute(0, 3, 1, 2)
 
 
+def old_style_hooks(twin, x, target, hook):
+    """The course's snippet: the deprecated register_backward_hook (torch then refuses full hooks on the module)."""
+    handles = [m.register_backward_hook(hook) for m in _relus(twin)]
+    try:
+        x = x.detach().requires_grad_(True)
+        twin.logits(x)[torch.arange(len(x)), target].sum().backward()
+        return x.grad
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def full_hooks_on_a_spoilt_twin(twin, x, target, hook):
+    """The solution, on a twin that once had an old-style hook (the notebook's twin after a first try)."""
+    for m in _relus(twin):
+        m.register_backward_hook(lambda *a: None).remove()
+    return guided_gradients(twin, x, target, hook)
+
+
 GRADIENT_MUTANTS = {
+    "register_backward_hook": (old_style_hooks, "uses the old register_backward_hook: use register_full_backward_hook"),
+    "twin spoilt by an old hook": (full_hooks_on_a_spoilt_twin, "rebuild your twin"),
     "hooks never removed": (never_removed, "still registered on the twin after guided_gradients returned"),
     "no finally": (removed_without_finally, "when the backward pass fails, guided_gradients leaves its hooks"),
     "classifier ReLUs missed": (features_only, "the hook ran on 2 of the twin's 3 ReLUs (not on classifier.fc1_relu)"),
@@ -222,6 +243,16 @@ def test_catches_gradients_mistake(capsys, name):
     fn, hint = GRADIENT_MUTANTS[name]
     ok, out = run(capsys, guided_relu_hook, fn)
     assert not ok and out.startswith("HINT [06 guided backprop]") and hint in out, out
+
+
+def test_an_error_inside_torch_quotes_the_students_line(capsys):
+    """The hint names the line of the student's code that called into torch, not torch's own line."""
+    import inspect
+
+    lines, first = inspect.getsourcelines(no_requires_grad)
+    number = first + next(i for i, line in enumerate(lines) if ".backward()" in line)
+    ok, out = run(capsys, guided_relu_hook, no_requires_grad)
+    assert not ok and f"at line {number} of your code, `twin.logits(x)[torch.arange(len(x)), target].sum().backward()`" in out, out
 
 
 def test_an_in_place_relu_gets_its_hint(capsys):

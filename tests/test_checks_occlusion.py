@@ -7,15 +7,15 @@ import pytest
 import torch
 
 import labkit  # noqa: F401  (pins the Keras backend)
-from labkit.checks.occlusion import CASES, _loop, _mutants, check_image, occlusion, one_thread, reference_map, tiny_backbone
+from labkit.checks.occlusion import CASES, _centred_mutants, _loop, _mutants, check_image, occlusion, one_thread, reference_map, tiny_backbone
 
 
 def occlusion_map(backbone, image, target, size, stride):
     """The solution in solutions/02_occlusion.ipynb."""
     x = backbone.tensor(image)  # (1, H, W, 3), preprocessed: grey is backbone.grey here
     h, w = backbone.input_size
-    rows = range(0, h - size + 1, stride)  # top-left corners while the square fits
-    cols = range(0, w - size + 1, stride)
+    rows = range(0, h - size + stride, stride)  # corners up to the first square that reaches the edge
+    cols = range(0, w - size + stride, stride)
     probs = np.zeros((len(rows), len(cols)))
     with torch.no_grad():
         for r, y in enumerate(rows):
@@ -165,7 +165,36 @@ def test_solution_passes(capsys):
     assert out.startswith("PASS [02 occlusion]") and out.count("\n") == 1
 
 
-@pytest.mark.parametrize("student", [pixels_float, batched], ids=["pixels_float", "batched_torch"])
+def while_it_fits(backbone, image, target, size, stride):
+    """Correct too: every corner where the square fits (the same grid when stride divides H - size)."""
+    return _generic(backbone, image, target, size, stride, _fill_after(backbone.grey), _probs,
+                    starts=lambda n: range(0, n - size + 1, stride))
+
+
+def _centred(clip):
+    def student(backbone, image, target, size, stride):
+        """The course's formulation: a square centred on every stride-th pixel, from pixel 0."""
+        x = backbone.tensor(image)
+        h, w = backbone.input_size
+        half = size // 2
+        out = np.zeros((len(range(0, h, stride)), len(range(0, w, stride))))
+        with torch.no_grad():
+            for r, cy in enumerate(range(0, h, stride)):
+                for c, cx in enumerate(range(0, w, stride)):
+                    occluded = x.clone()
+                    y0, x0 = (max(cy - half, 0), max(cx - half, 0)) if clip else (cy - half, cx - half)
+                    occluded[:, y0 : cy + half + 1, x0 : cx + half + 1, :] = backbone.grey
+                    out[r, c] = float(backbone.model(occluded)[0, target])
+        return out
+
+    return student
+
+
+centred, centred_unclipped = _centred(True), _centred(False)
+
+
+@pytest.mark.parametrize("student", [pixels_float, batched, while_it_fits, centred],
+                         ids=["pixels_float", "batched_torch", "while_it_fits", "course_centred"])
 def test_other_correct_answers_pass(student, capsys):
     assert occlusion(student) is True, capsys.readouterr().out
 
@@ -182,6 +211,7 @@ def one_too_many(backbone, image, target, size, stride):
 
 MISTAKES += [
     (missed_last, "last row and column of positions are missing"),
+    (centred_unclipped, "slice with a negative start counts from the end"),
     (one_too_many, "one row and one column too many"),
 ]
 
@@ -199,7 +229,7 @@ def test_wrong_shape_gets_the_grid_hint(capsys):
         return occlusion_map(backbone, image, target, size, max(1, stride // 2))
 
     assert occlusion(half_stride) is False
-    assert "the map should be 5x5" in capsys.readouterr().out
+    assert "the map should be 6x6 (top-left corners 0, 5, ..., 25), or 7x7 with the course's centred" in capsys.readouterr().out
 
 
 def test_reference_is_the_plain_loop_and_cases_separate_every_mistake():
@@ -222,8 +252,11 @@ def _separate(bb, image, probs):
         np.testing.assert_allclose(ref, _loop(bb, image, target, size, stride), rtol=1e-5, atol=1e-6)
         assert ref.std() > 1e-3  # the map has structure: the square matters on this net
         assert not np.allclose(ref, ref.T, rtol=1e-3)  # so a transposed map is recognisable
-        for hint, wrong in _mutants(bb, image, target, size, stride, ref).items():
-            assert not close(wrong, ref, rtol=1e-4), hint
+        centred_ref = reference_map(bb, image, target, size, stride, centred=True)
+        np.testing.assert_allclose(centred_ref, centred(bb, image, target, size, stride), rtol=1e-5, atol=1e-6)
+        mutants = {**_mutants(bb, image, target, size, stride, ref), **_centred_mutants(bb, image, target, size, stride)}
+        for hint, wrong in mutants.items():
+            assert not close(wrong, ref, rtol=1e-4) and not close(wrong, centred_ref, rtol=1e-4), hint
 
 
 def test_check_is_fast():

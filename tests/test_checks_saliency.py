@@ -67,6 +67,14 @@ def no_gradient(backbone, images, target):
     return np.zeros(np.asarray(images).shape[:3])
 
 
+def no_requires_grad(backbone, images, target):
+    """x never asked for a gradient: the backbone is frozen, so backward finds nothing that needs one."""
+    x = backbone.tensor(images)
+    scores = class_scores(backbone, x, "logit")
+    scores[torch.arange(len(x)), torch.as_tensor(target)].sum().backward()
+    return x.grad.abs().amax(dim=-1).cpu().numpy()
+
+
 MISTAKES = []
 for score in SCORES:
     MISTAKES += [
@@ -86,7 +94,19 @@ MISTAKES += [
     (_student("logit", reduce=lambda g: g.abs().amax(-1)[0]), "return one map per image"),
     (stub, "still raises NotImplementedError"),
     (no_gradient, "zero everywhere"),
+    (no_requires_grad, "x = x.detach().requires_grad_(True)"),
 ]
+
+
+def test_an_error_inside_torch_quotes_the_students_line(capsys):
+    import inspect
+
+    lines, first = inspect.getsourcelines(no_requires_grad)
+    number = first + next(i for i, line in enumerate(lines) if ".backward()" in line)
+    assert saliency(no_requires_grad) is False
+    out = capsys.readouterr().out
+    assert f"at line {number} of your code, `scores[torch.arange(len(x)), torch.as_tensor(target)].sum().backward()`" in out, out
+    assert "does not require grad" in out and "torch/" not in out
 
 
 def test_solution_passes(capsys):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from labkit.occlusion import grid, occlusion
+from labkit.occlusion import course_size, grid, occlusion, slider_values, starts
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
@@ -40,6 +40,73 @@ def test_known_answer_one_hot_pixel():
     assert e.maps[0, 1, 5] == pytest.approx(0.5) and e.maps[0, 2, 4] == pytest.approx((1 + 2 * s) / 4)
     other = occlusion(HotPixel(), torch.full((1, 9, 9, 3), 2.0), target=1, size=4, stride=2, progress=False)
     np.testing.assert_allclose(other.raw, 1 - e.raw, rtol=1e-6)
+
+
+def test_known_answer_centred_squares():
+    # The course's squares, centred on each pixel (stride 1), size 3: the hot pixel (1, 5) is hidden by the
+    # squares centred on rows 0..2 and columns 4..6, and maps == raw (one square per pixel).
+    s = 1 / (1 + np.exp(-2.0))
+    e = occlusion(HotPixel(), torch.full((1, 9, 9, 3), 2.0), size=3, stride=1, centred=True, progress=False)
+    expected = np.full((9, 9), s)
+    expected[0:3, 4:7] = 0.5
+    np.testing.assert_allclose(e.raw[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(e.maps[0], expected, rtol=1e-6)
+    # Stride 2: centres 0 2 4 6 8 (ceil(9 / 2) = 5); those hiding (1, 5): rows {0, 2}, columns {4, 6}.
+    # Each pixel takes its nearest centre's value (index (y + 1) // 2).
+    e = occlusion(HotPixel(), torch.full((1, 9, 9, 3), 2.0), size=3, stride=2, centred=True, progress=False)
+    expected = np.full((5, 5), s)
+    expected[0:2, 2:4] = 0.5
+    np.testing.assert_allclose(e.raw[0], expected, rtol=1e-6)
+    nearest = (np.arange(9) + 1) // 2
+    np.testing.assert_allclose(e.maps[0], expected[nearest][:, nearest], rtol=1e-6)
+
+
+def test_centred_squares_are_the_corner_grid_shifted(tiny):
+    """Away from the border a square centred on c is the corner square starting at c - size // 2."""
+    net = tiny.net(size=12, seed=1)
+    x = torch.randn(2, 12, 12, 3, generator=torch.Generator().manual_seed(3))
+    corner = occlusion(net, x, size=5, stride=2, progress=False)  # corners 0 2 4 6 (+ 8, clipped)
+    centred = occlusion(net, x, size=5, stride=2, centred=True, progress=False)  # centres 0 2 ... 10
+    assert corner.raw.shape == (2, 5, 5) and centred.raw.shape == (2, 6, 6)
+    assert np.array_equal(corner.targets, centred.targets)
+    # centre 2 + 2a covers 2a .. 2a + 4, the corner square a, for a = 0..3 (corner 4 is clipped at 12)
+    np.testing.assert_allclose(centred.raw[:, 1:5, 1:5], corner.raw[:, 0:4, 0:4], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(centred.raw[:, 0, 0], corner.raw[:, 0, 0])  # the border squares differ
+
+
+def test_course_size():
+    assert course_size(224) == 101 and course_size(96) == 43 and all(course_size(n) % 2 for n in range(16, 300))
+
+
+@pytest.mark.parametrize("side", [96, 224])
+def test_position_count_matches_the_notebook_formula_for_every_slider_value(side):
+    """Stage 02 states n = ceil((H - size) / stride) + 1 (corner grid) and ceil(H / stride) (centred)."""
+    values = slider_values(side)
+    assert course_size(side) in values["size"]
+    for size in values["size"]:
+        for stride in values["stride"]:
+            if stride <= size:
+                first = starts(side, size, stride)
+                assert len(first) == math.ceil((side - size) / stride) + 1
+                assert first[-1] < side - size + stride and first[-1] + size >= side  # the last reaches the edge
+                assert grid(side, size, stride).any(0).all()  # every pixel hidden by some square
+            centres = starts(side, size, stride, centred=True)
+            assert len(centres) == math.ceil(side / stride) and centres[-1] + size // 2 <= side - 1
+
+
+def test_occlusion_uses_that_count():
+    class Mean(nn.Module):
+        def forward(self, x):
+            m = x.mean(dim=(1, 2, 3))
+            return torch.stack([m, -m], 1)
+
+    values = slider_values(96)
+    for size, stride in [(s, 6) for s in values["size"][::5]] + [(48, t) for t in values["stride"][::5]]:
+        for centred in (False, True):
+            e = occlusion(Mean(), torch.ones(1, 96, 96, 3), size=size, stride=stride, centred=centred,
+                          per_pass=256, progress=False)
+            n = math.ceil(96 / stride) if centred else math.ceil((96 - size) / stride) + 1
+            assert e.raw.shape == (1, n, n)
 
 
 def test_grid_is_captums():

@@ -190,6 +190,34 @@ def test_top_k_holds_only_the_current_batch(minivgg, shapes):
     assert hits == P.top_activations(minivgg, shapes.images[:12], "block3_conv1", 2, k=4, batch_size=12, progress=False)
 
 
+def test_top_all_is_top_activations_for_every_channel_of_every_layer(minivgg, shapes):
+    """One pass, every channel: the same hits, order and ties as the per-channel search (untrained minivgg
+    has dead channels, all ties, and pooling layers repeat values: both orderings are exercised)."""
+    names = ["block1_conv2", "block3_pool", "block5_conv3"]
+    table = P.top_activations_all(minivgg, shapes.images[:8], names, k=5, batch_size=3, progress=False)
+    assert list(table) == names
+    for name in names:
+        channels = int(minivgg.layer(name).output.shape[-1])
+        assert len(table[name]) == channels
+        for channel in range(0, channels, max(1, channels // 4)):  # a per-channel search is a pass each
+            assert table[name][channel] == P.top_activations(minivgg, shapes.images[:8], name, channel, k=5, batch_size=3,
+                                                              progress=False), (name, channel)
+    assert P.top_activations_all(minivgg, shapes.images[:8], names, k=5, batch_size=8, progress=False) == table
+    conv = P.top_activations_all(minivgg, shapes.images[:2], k=1, progress=False)
+    assert list(conv) == minivgg.conv_layers()
+
+
+def test_top_all_ties_like_top_activations():
+    model = keras.Sequential([keras.Input((4, 4, 1)), layers.Conv2D(2, 1, activation="relu", name="c")])
+    model.get_layer("c").kernel.assign(np.array([[[[-1.0, 1.0]]]], np.float32))  # channel 0 dead, 1 = x
+    x = np.ones((5, 4, 4, 1), np.float32)
+    table = P.top_activations_all(model, x, ["c"], k=20, batch_size=2, progress=False)
+    for channel in (0, 1):
+        assert table["c"][channel] == P.top_activations(model, x, "c", channel, k=20, batch_size=3, progress=False)
+    with pytest.raises(ValueError, match="'fc2' is not a spatial map"):
+        P.top_activations_all(models.load("minivgg", weights=None), x, ["fc2"], progress=False)
+
+
 def test_top_k_bad_inputs(minivgg, shapes):
     with pytest.raises(ValueError, match="channel 16 is out of range: layer 'block2_conv1' has 16 channels"):
         P.top_activations(minivgg, shapes.images, "block2_conv1", 16, progress=False)

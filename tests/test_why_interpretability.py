@@ -328,3 +328,21 @@ def test_check_flags_a_forest_far_from_the_reference(small, capsys):
 def test_check_needs_the_newsgroups(small_forest):
     with pytest.raises(TypeError, match="Newsgroups"):
         checks.why_interpretability(small_forest, 0.9, ["a post"])
+
+
+def test_check_before_the_exercise_is_a_hint(small, capsys):
+    """The notebook sets pipeline = test_accuracy = None before the exercise: an unfilled one gets a hint."""
+    assert "`pipeline` is None: build it and fit it" in hint(capsys, None, None, small)
+
+
+def test_outlined_superpixels_are_the_mask_with_their_weights(backbone):
+    image = wi.demo_image(backbone)
+    res = wi.lime_image_explanation(backbone, image, num_samples=60, seed=0)
+    mask = wi.demo_mask(backbone)
+    assert mask.shape == backbone.input_size and mask.any() and not mask.all()
+    rows = wi.outlined_superpixels(res, mask)
+    assert {s for s, _, _ in rows} == set(np.unique(res.segments[res.mask]).tolist())
+    assert [w for _, w, _ in rows] == sorted((w for _, w, _ in rows), key=abs, reverse=True)
+    for segment, weight, on in rows:
+        assert dict(res.weights)[segment] == weight and on == pytest.approx(mask[res.segments == segment].mean())
+    assert all(on is None for _, _, on in wi.outlined_superpixels(res))

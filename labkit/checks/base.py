@@ -52,8 +52,34 @@ def report(stage: str, run) -> bool:
     return True
 
 
+def _student_frame(tb):
+    """The innermost frame of the traceback that is the student's code: not torch's, numpy's, labkit's or
+    Python's own (a Jupyter cell, ``<ipython-input-...>`` or ipykernel's ``/tmp/ipykernel_.../N.py``, is)."""
+    import os
+    import sysconfig
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../labkit
+    library = {os.path.abspath(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+
+    def theirs(filename: str) -> bool:
+        if filename.startswith("<ipython-input") or "ipykernel_" in filename:
+            return False
+        if filename.startswith("<"):  # <frozen ...>, <string>: not a file of the student's
+            return True
+        path = os.path.abspath(filename)
+        return (path.startswith(package + os.sep) or "site-packages" in path.split(os.sep)
+                or any(path.startswith(lib + os.sep) for lib in library))
+
+    frames = [f for f in traceback.extract_tb(tb) if not theirs(f.filename)]
+    return frames[-1] if frames else None
+
+
 def call_student(fn, *args, what: str = "your function", **kwargs):
-    """Call the student's code; its own exception becomes a hint naming the exception, not a traceback."""
+    """Call the student's code; its own exception becomes a hint naming the exception, not a traceback.
+
+    The hint quotes the line of the student's own code that raised (or called the library that raised),
+    never a line number inside torch or numpy.
+    """
     if not callable(fn):
         raise Hint(f"{what} should be a function, got a {type(fn).__name__}")
     try:
@@ -61,8 +87,18 @@ def call_student(fn, *args, what: str = "your function", **kwargs):
     except NotImplementedError:
         raise Hint(f"{what} still raises NotImplementedError: replace the stub with your code") from None
     except Exception as exc:  # noqa: BLE001 - any error in student code is reported, not raised
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        raise Hint(f"{what} raised {type(exc).__name__}: {exc} (line {where.lineno})") from None
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        frame = _student_frame(exc.__traceback__)
+        where = ""
+        if frame is not None:
+            code = (frame.line or "").strip()
+            where = f" at line {frame.lineno} of your code" + (f", `{code}`" if code else "")
+        if "does not require grad" in message:
+            raise Hint(f"{what} raised 'element 0 of tensors does not require grad'{where}: the model's weights are "
+                       "frozen, so nothing in the graph needs a gradient unless the input does. Take the gradient "
+                       "w.r.t. a copy of the input that requires one: x = x.detach().requires_grad_(True), "
+                       "before the forward pass") from None
+        raise Hint(f"{what} raised {type(exc).__name__}: {message}{where}") from None
 
 
 def as_array(value, what: str) -> np.ndarray:

@@ -162,9 +162,11 @@ def _call_gradients(fn, twin, x, target, hook):
         return call_student(fn, twin, x.clone(), target.clone(), hook, what="guided_gradients")
     except Hint as hint:
         text = str(hint)
-        if "does not require grad" in text:
-            raise Hint("guided_gradients raised 'does not require grad': the twin's weights are frozen, so take the "
-                       "gradient w.r.t. a copy of x that requires it: x = x.detach().requires_grad_(True)") from None
+        if "Cannot use both regular backward hooks and full backward hooks" in text:
+            raise Hint("guided_gradients raised 'Cannot use both regular backward hooks and full backward hooks': a "
+                       "module that once had a hook from the old register_backward_hook refuses full ones for good. "
+                       "Use register_full_backward_hook only, and rebuild your twin (run the cell that makes it "
+                       "again)") from None
         if "is a view and is being modified inplace" in text:
             raise Hint("guided_gradients ran into an in-place ReLU: a full backward hook cannot wrap one; set "
                        "relu.inplace = False before hooking it (the twin's are already)") from None
@@ -184,6 +186,19 @@ def _match_gradient_mutants(answer, reference, twin, x, target) -> None:
     }, "the gradient guided_gradients returns", shape_hint=" (the shape of x: one gradient per input pixel, NHWC)")
 
 
+def _old_style_hooks(module) -> bool:
+    """Whether a hook from the deprecated ``register_backward_hook`` was ever put on one of the modules
+    (torch marks such a module for good: it then refuses full backward hooks)."""
+    return any(getattr(m, "_is_full_backward_hook", None) is False for m in module.modules())
+
+
+OLD_HOOK_HINT = (
+    "guided_gradients uses the old register_backward_hook: use register_full_backward_hook. The old kind is "
+    "deprecated because on a module made of several operations it sees only the last operation's gradients, "
+    "not the module's (on a lone ReLU it happens to agree); a module that once had one refuses full hooks "
+    "for good, so rebuild your twin too (run the cell that makes it again)")
+
+
 def _check_gradients(fn) -> None:
     from ..guided_backprop import _guided_hook
 
@@ -191,6 +206,8 @@ def _check_gradients(fn) -> None:
     relus = _relus(twin)
     fired: list = []
     out = _call_gradients(fn, twin, x, target, _counting(_guided_hook, fired))
+    if _old_style_hooks(twin):
+        raise Hint(OLD_HOOK_HINT)
     left = _hooks_left(twin)
     if left:
         raise Hint(f"{left} hook(s) are still registered on the twin after guided_gradients returned: keep the handles "
@@ -205,9 +222,12 @@ def _check_gradients(fn) -> None:
         names = [n for n, m in twin.named_modules() if any(m is r for r in missing)]
         raise Hint(f"the hook ran on {len(relus) - len(missing)} of the twin's {len(relus)} ReLUs (not on "
                    f"{', '.join(names)}): register it on every nn.ReLU in twin.modules(), the classifier's too")
-    reference = _reference_gradient(twin, x, target)
+    # The reference and the mutants on a fresh twin with the same weights: the student's code may have left
+    # the one it was given unable to take the reference's hooks.
+    fresh, _, _ = _twin_case()
+    reference = _reference_gradient(fresh, x, target)
     if not close(answer, reference):  # the mutants cost a backward pass each: only when needed
-        _match_gradient_mutants(answer, reference, twin, x, target)
+        _match_gradient_mutants(answer, reference, fresh, x, target)
 
     # A backward that fails: the hooks must still come off (the same twin: none is left on it by now).
     twin2, x2, target2 = twin, x, target

@@ -2,9 +2,12 @@
 
 The student's function slides a grey square (``backbone.grey``: 0 *after* preprocessing) over one RGB
 image and returns the target class's probability at each position, an ``(n_y, n_x)`` map with the square's
-top-left corner at ``0, stride, 2*stride, ...`` while the square fits in the image. The reference is the raw
-map of :func:`labkit.occlusion.occlusion` (which uses the same grid whenever ``(H - size)`` is a multiple of
-``stride``, as in every case here).
+top-left corner at ``0, stride, 2*stride, ...``. The reference is the raw map of
+:func:`labkit.occlusion.occlusion`. In every case here ``(H - size)`` is a multiple of ``stride``, so the
+notebook's grid (corners up to the first that reaches the edge) and "every corner where the square fits"
+are the same grid, and both pass. So does the course's formulation, the square **centred** on the pixels
+``0, stride, ...`` (clipped at the border; the sizes here are odd, so the centre is unambiguous): it is
+compared with ``occlusion(..., centred=True)``.
 
 The check runs on a tiny Keras backbone with fixed random weights (32x32 inputs, 4 classes, the same
 preprocessing as minivgg), so that it is instant and does not depend on which backbone the notebook uses.
@@ -21,7 +24,9 @@ from .base import Hint, as_array, call_student, close, one_thread, report
 
 STAGE = "02 occlusion"
 SIZE = 32  # the tiny backbone's input side
-CASES = ((8, 6, 1), (12, 10, 3))  # (square size, stride, rank of the target among the classes: 1 = runner-up)
+# (square size, stride, rank of the target among the classes: 1 = runner-up). Odd sizes, (SIZE - size) a
+# multiple of stride: see the module docstring.
+CASES = ((7, 5, 1), (11, 7, 3))
 
 
 @functools.lru_cache(maxsize=4)
@@ -84,7 +89,7 @@ def _starts(length: int, size: int, stride: int, extra: int = 0) -> list[int]:
 
 
 def _loop(backbone, image, target, size, stride, fill=0.0, score="probability", pick="target",
-          rows=None, cols=None, cumulative=False) -> np.ndarray:
+          rows=None, cols=None, cumulative=False, clip=True) -> np.ndarray:
     """One occluded copy per position, all in one batch: the map a given (possibly wrong) recipe gives."""
     import torch
 
@@ -99,7 +104,9 @@ def _loop(backbone, image, target, size, stride, fill=0.0, score="probability", 
     for a in rows:
         for b in cols:
             occluded = current if cumulative else x.clone()
-            occluded[:, a : a + size, b : b + size, :] = fill
+            # clip=False: a student's x[a:a+size] with a negative a, which Python reads from the end
+            y0, x0 = (max(a, 0), max(b, 0)) if clip else (a, b)
+            occluded[:, y0 : a + size, x0 : b + size, :] = fill
             copies.append(occluded.clone())
     with torch.no_grad():
         scores = class_scores(backbone, torch.cat(copies), score).float()
@@ -110,11 +117,25 @@ def _loop(backbone, image, target, size, stride, fill=0.0, score="probability", 
     return values.reshape(len(rows), len(cols)).cpu().numpy()
 
 
-def reference_map(backbone, image, target: int, size: int, stride: int) -> np.ndarray:
+def reference_map(backbone, image, target: int, size: int, stride: int, centred: bool = False) -> np.ndarray:
     """The raw map of :func:`labkit.occlusion.occlusion`: the target's probability per square position."""
     from .. import occlusion
 
-    return occlusion.occlusion(backbone, image, target=target, size=size, stride=stride, progress=False).raw[0]
+    return occlusion.occlusion(backbone, image, target=target, size=size, stride=stride, centred=centred,
+                               progress=False).raw[0]
+
+
+def _centred_mutants(bb, image, target, size, stride) -> dict:
+    """Mistakes of a student who follows the course: squares centred on 0, stride, ..."""
+    from ..occlusion import starts
+
+    h, w = bb.input_size
+    rows, cols = starts(h, size, stride, centred=True), starts(w, size, stride, centred=True)
+    return {
+        "near the top and left borders your centred square hides nothing: there y - size // 2 is negative, and a "
+        "slice with a negative start counts from the end (x[-3:4] is empty). Start the slice at max(0, y - size // 2)":
+            _loop(bb, image, target, size, stride, rows=rows, cols=cols, clip=False),
+    }
 
 
 def _pixel(bb, value: float) -> float:
@@ -138,8 +159,8 @@ def _mutants(bb, image, target, size, stride, ref) -> dict:
         "your grey is 127, not 127.5: a uint8 image cannot hold 127.5 (assigning it truncates). Fill the "
         "preprocessed input with backbone.grey instead, or occlude a float copy of the image":
             _loop(bb, image, target, size, stride, fill=_pixel(bb, 127)),
-        "your grey is 128, not 127.5, so not exactly backbone.grey after preprocessing: fill the preprocessed "
-        "input with backbone.grey instead, or occlude a float copy of the image with 127.5":
+        "your grey is 128: 127.5 rounded (a uint8 image cannot hold 127.5), close to grey but not backbone.grey "
+        "after preprocessing. Fill the preprocessed input with backbone.grey, or a float copy of the image with 127.5":
             _loop(bb, image, target, size, stride, fill=_pixel(bb, 128)),
         "these are logits, not probabilities: the model's output (backbone.model(x) or backbone.predict) is "
         "already the softmax probability":
@@ -149,11 +170,11 @@ def _mutants(bb, image, target, size, stride, ref) -> dict:
         "you took each occluded image's own top class: the map follows ONE fixed class, the `target` argument, "
         "at every position": _loop(bb, image, target, size, stride, pick="top"),
         "your map is transposed: rows (first axis) go with the square's vertical position y, columns with x": ref.T,
-        "the last row and column of positions are missing: the square also fits with its top-left corner at "
-        "H - size, so the positions are 0, stride, ..., up to and including H - size":
+        "the last row and column of positions are missing: the last square is the one that reaches the image's "
+        "edge, here with its top-left corner at H - size, so the positions are 0, stride, ..., up to and including H - size":
             _loop(bb, image, target, size, stride, rows=_starts(h, size, stride, -1), cols=_starts(w, size, stride, -1)),
-        "your map has one row and one column too many: stop when the square no longer fits (top-left corner "
-        "<= H - size), not at the image's edge":
+        "your map has one row and one column too many: stop at the first square that reaches the image's edge "
+        "(top-left corner >= H - size), not when the corner itself reaches the edge":
             _loop(bb, image, target, size, stride, rows=_starts(h, size, stride, 1), cols=_starts(w, size, stride, 1)),
         "the squares pile up: each position should grey out ONE square of the original image; start every "
         "position from a fresh copy (x.clone() / image.copy()), not from the previous occluded one":
@@ -189,12 +210,20 @@ def occlusion(occlusion_map) -> bool:
                 raise Hint("you returned every class's probability at each position: keep only the target class's")
             if close(answer, ref, rtol=1e-4):
                 continue
-            for hint, wrong in _mutants(bb, image, target, size, stride, ref).items():
+            centred = reference_map(bb, image, target, size, stride, centred=True)
+            if close(answer, centred, rtol=1e-4):
+                continue  # the course's squares, centred on the pixels 0, stride, ...
+            mutants = {**_mutants(bb, image, target, size, stride, ref),
+                       **_centred_mutants(bb, image, target, size, stride)}
+            for hint, wrong in mutants.items():
                 if close(answer, wrong, rtol=1e-4):
                     raise Hint(hint)
-            if answer.shape != ref.shape:
+            if answer.shape != ref.shape and answer.shape != centred.shape:
+                cy, cx = centred.shape
                 raise Hint(f"for a {h}x{w} image, size {size} and stride {stride} the map should be {ny}x{nx} "
-                           f"(corners 0, {stride}, ..., {(ny - 1) * stride}), got shape {answer.shape}")
+                           f"(top-left corners 0, {stride}, ..., {(ny - 1) * stride}), or {cy}x{cx} with the "
+                           f"course's centred squares (centres 0, {stride}, ..., {(cy - 1) * stride}), "
+                           f"got shape {answer.shape}")
             raise Hint(f"your map differs from the reference (largest difference {np.abs(answer - ref).max():.3g}) "
                        f"for size {size}, stride {stride}: grey out image[y:y+size, x:x+size] for every corner "
                        f"(y, x) and record the target's probability at map[row, column]")

@@ -15,6 +15,8 @@ from .base import Hint as _Hint, report as _report
 
 
 def _steps(pipeline):
+    if pipeline is None:
+        raise _Hint("`pipeline` is None: build it and fit it in the exercise cell above, then run this cell again")
     steps = getattr(pipeline, "steps", None)
     if steps is None:
         raise _Hint(
