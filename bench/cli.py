@@ -30,7 +30,7 @@ def seconds(args: list[str], repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        subprocess.run([sys.executable, *args], check=True, capture_output=True, env=env)
+        subprocess.run([sys.executable, *args], check=True, capture_output=True, env=env, cwd=ROOT)
         times.append(time.perf_counter() - start)
     return times
 

@@ -195,8 +195,11 @@ def check_values(images, pixels: bool = True) -> None:
         return  # uint8 is always in range; an empty batch is refused where it is explained
     if np.iscomplexobj(images) if isinstance(images, np.ndarray) else images.is_complex():
         raise ValueError("images are complex numbers: give real RGB pixels in [0, 255]")
-    if isinstance(images, torch.Tensor):
+    if isinstance(images, torch.Tensor) and images.device.type != "cpu":
         lo, hi = (float(v) for v in torch.aminmax(images.detach()))  # one pass, one sync; NaN propagates
+    elif isinstance(images, torch.Tensor):  # numpy's min/max on the same memory: 10-20x faster than torch's on a CPU
+        view = images.detach().resolve_conj().resolve_neg().numpy() if images.dtype != torch.bfloat16 else images.float().numpy()
+        lo, hi = float(view.min()), float(view.max())
     else:
         lo, hi = float(images.min()), float(images.max())
     if not (np.isfinite(lo) and np.isfinite(hi)):

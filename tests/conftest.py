@@ -65,10 +65,10 @@ def keras_tiny(size: int = 8, classes: int = 3, seed: int = 0) -> Backbone:
     model = keras.Model(inputs, outputs, name="tiny")
     for layer in model.layers:  # He-scaled kernels, small biases (as NHWCNet)
         if layer.weights:
-            kernel, bias = layer.get_weights()
-            fan_in = int(np.prod(kernel.shape[:-1]))
+            kernel, bias = (tuple(w.shape) for w in layer.weights)  # shapes only: get_weights() warns (numpy 2)
+            fan_in = int(np.prod(kernel[:-1]))
             layer.set_weights(
-                [(rng.normal(size=kernel.shape) * (2 / fan_in) ** 0.5).astype("float32"), (rng.normal(size=bias.shape) * 0.1).astype("float32")]
+                [(rng.normal(size=kernel) * (2 / fan_in) ** 0.5).astype("float32"), (rng.normal(size=bias) * 0.1).astype("float32")]
             )
     return Backbone(
         name="tiny",
@@ -82,6 +82,12 @@ def keras_tiny(size: int = 8, classes: int = 3, seed: int = 0) -> Backbone:
     )
 
 
+def numpy_of(variable) -> np.ndarray:
+    """A Keras variable's values through its torch tensor: ``get_weights()`` / ``np.asarray(variable)`` make Keras
+    call ``np.array`` on an object whose ``__array__`` lacks numpy 2's ``copy`` argument (a DeprecationWarning each)."""
+    return variable.value.detach().cpu().numpy().copy()
+
+
 def twin_of(backbone: Backbone) -> NHWCNet:
     """An NHWCNet with the weights of a keras_tiny backbone: HWIO kernels -> OIHW, Dense (in, out) -> (out, in)."""
     m = backbone.model
@@ -91,7 +97,7 @@ def twin_of(backbone: Backbone) -> NHWCNet:
     pairs = [("conv1", net.features[0]), ("conv2", net.features[2]), ("fc", net.classifier[0]), ("predictions", net.classifier[2])]
     with torch.no_grad():
         for name, mod in pairs:
-            kernel, bias = (np.asarray(w) for w in m.get_layer(name).get_weights())
+            kernel, bias = (numpy_of(w) for w in m.get_layer(name).weights)
             k = kernel.transpose(3, 2, 0, 1) if kernel.ndim == 4 else kernel.T
             mod.weight.copy_(torch.from_numpy(np.ascontiguousarray(k)))
             mod.bias.copy_(torch.from_numpy(bias))
