@@ -293,9 +293,10 @@ def cam_head(build_cam_model, cam_model=None, head=None, images=None, labels=Non
         ref = float((head.predict(imgs).argmax(axis=1) == np.asarray(labels)).mean())
         what = f"frozen base, GAP, one Dense softmax layer on {bb.name}'s {head.layer}"
         if len(imgs) < 20:
-            return f"{what}; accuracy {acc:.2f} on {len(imgs)} test images (too few to judge it)"
+            return f"{what}; its accuracy is not judged on {len(imgs)} test images (too few)"
         if acc < ref - 0.1:
             raise Hint(HINT_ACCURACY.format(acc=acc, ref=ref))
-        return f"{what}; accuracy {acc:.2f} on {len(imgs)} test images (labkit's head: {ref:.2f})"
+        # no numbers in the PASS line: it is compared under nbval, and the last digit may move with the threads
+        return f"{what}; on {len(imgs)} test images it is within 0.1 of labkit's head's accuracy"
 
     return report(HEAD_STAGE, run)
