@@ -1,4 +1,5 @@
-"""Check for stage 04 (CAM): the student's ``class_activation_map(feature_maps, weights, c)``.
+"""Checks for stage 04 (CAM): the student's ``build_cam_model(model, layer, num_classes)`` and trained model
+(:func:`cam_head`, below) and ``class_activation_map(feature_maps, weights, c)`` (:func:`cam`).
 
 The exercise: feature maps M (h, w, K) of one image, the CAM head's Dense kernel W (K, C) and a class c
 give the class activation map ``CAM_c = sum_k W[k, c] M_k``, (h, w), no bias, no ReLU, no normalisation.

@@ -1,4 +1,5 @@
-"""Check for stage 05 (Grad-CAM): the student's ``gradcam_from(activations, gradients)``.
+"""Checks for stage 05 (Grad-CAM): the student's split ``split_gradients(model, x, classes, layer, score)``
+(:func:`gradcam_split`, below) and ``gradcam_from(activations, gradients)`` (:func:`gradcam`).
 
 The exercise: the feature maps A and the gradients dy^c/dA of a conv layer, both (N, h, w, K) (NHWC, as
 Keras lays them out), give the Grad-CAM maps (N, h, w)::
