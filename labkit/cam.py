@@ -152,6 +152,18 @@ class CAMHead:
         return cls(backbone, layer, model, names)
 
 
+    @classmethod
+    def from_model(cls, backbone: Backbone, cam_model: keras.Model, layer: str | None = None,
+                   class_names=None) -> "CAMHead":
+        """The head of a Keras CAM model (frozen base -> GAP -> Dense softmax, as stage 04 builds it):
+        its last Dense layer's kernel and bias, on ``layer`` (default: the backbone's last conv layer)."""
+        dense = [l for l in getattr(cam_model, "layers", []) if isinstance(l, layers.Dense)]
+        if not dense:
+            raise ValueError("cam_model has no Dense layer: build it as GAP -> Dense(num_classes, softmax)")
+        layer = backbone.last_conv_layer if layer is None else layer
+        return cls.from_weights(backbone, layer, _numpy(dense[-1].kernel), _numpy(dense[-1].bias), class_names)
+
+
 def _head_model(k: int, c: int, seed: int = 0) -> keras.Model:
     init = keras.initializers.GlorotUniform(seed=seed)
     return keras.Sequential([keras.Input((k,)), layers.Dense(c, activation="softmax", kernel_initializer=init,

@@ -166,6 +166,21 @@ def gradcam(model, images, target=None, layer=None, score: str = "logit", prepro
     return GradCAM(model, layer, score=score)(images, target, preprocessed=preprocessed)
 
 
+def activations_and_gradients(model, images, target=None, layer=None, score: str = "logit", preprocessed: bool = False):
+    """(A, dy^c/dA, classes): the split's feature maps and gradients as numpy arrays, channels last (N, h, w, K).
+
+    The reference of stage 05's split exercise, computed by :class:`GradCAM`'s own forward and backward
+    (one pass; ``target`` None: each image's predicted class). For a torch model the arrays are (N, h, w, K) too.
+    """
+    split = GradCAM(model, layer, score=score)
+    x = prepare(model, images, preprocessed)
+    a, scores = split.forward(x)
+    classes = resolve_targets(target, scores.detach())
+    grads = split.backward(a, scores, classes)
+    nhwc = lambda t: t.detach().permute(0, 2, 3, 1).cpu().numpy()
+    return nhwc(a), nhwc(grads), to_numpy(classes).astype(np.int64)
+
+
 # -- Keras: the split ------------------------------------------------------------------------------------
 
 

@@ -188,3 +188,19 @@ def test_vgg16_on_labelled_folders(tmp_path):
     e = C.cam(head, folder.images[1:3])
     assert e.maps.shape == (2, 224, 224) and e.raw.shape == (2, 14, 14)
     assert set(e.targets.tolist()) <= {0, 1} and np.isfinite(e.maps).all()
+
+
+def test_a_head_read_off_a_keras_cam_model(minivgg):
+    """CAMHead.from_model takes the last Dense layer's kernel and bias: the CAM identity holds for the Keras model."""
+    base = keras.Model(minivgg.model.inputs, minivgg.model.get_layer("block5_conv3").output)
+    rng = np.random.default_rng(1)
+    dense = layers.Dense(6, activation="softmax")
+    model = keras.Model(base.inputs, dense(layers.GlobalAveragePooling2D()(base.output)))
+    dense.set_weights([rng.normal(size=(128, 6)).astype(np.float32), rng.normal(size=6).astype(np.float32)])
+    head = C.CAMHead.from_model(minivgg, model, "block5_conv3", data.CLASSES)
+    images = data.make_shapes(2, seed=5).images
+    with torch.no_grad():
+        probs = keras.ops.convert_to_numpy(model(minivgg.tensor(images)))
+    np.testing.assert_allclose(head.predict(images), probs, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="no Dense layer"):
+        C.CAMHead.from_model(minivgg, base)

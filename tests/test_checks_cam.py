@@ -153,3 +153,112 @@ def test_bad_calls_raise():
         check_cam(solution, models.load("minivgg", weights=None), np.zeros((96, 96, 3), np.uint8))
     with pytest.raises(TypeError, match="both head and image"):
         check_cam(solution, head=None, image=np.zeros((96, 96, 3), np.uint8))
+
+
+def test_a_function_that_uses_the_notebooks_globals_is_told_the_check_uses_its_own_arrays(capsys):
+    """Issue 11 §6: a student's function that ignores its arguments gets numpy's matmul error plus the reason."""
+    notebook_maps = np.ones((6, 6, 128))
+
+    def uses_a_global(feature_maps, weights, c):
+        return notebook_maps @ weights[:, c]
+
+    assert check_cam(uses_a_global) is False
+    out = capsys.readouterr().out
+    assert "raised ValueError: matmul" in out and C.NOTE_OWN_ARRAYS in out
+
+
+# -- the head exercise: checks.cam_head ---------------------------------------------------------------------
+
+import keras  # noqa: E402
+
+
+def make_head(*, freeze=True, pool="avg", activation="softmax", at=None, extra_dense=False, compile=True, units=None):
+    """A student's build_cam_model with (at most) one mistake built in; the defaults are the solution."""
+
+    def build_cam_model(model, layer, num_classes):
+        base = keras.Model(model.inputs, model.get_layer(at or layer).output)
+        if freeze:
+            base.trainable = False
+        h = {"avg": keras.layers.GlobalAveragePooling2D(), "max": keras.layers.GlobalMaxPooling2D(),
+             "flatten": keras.layers.Flatten()}[pool](base.output)
+        if extra_dense:
+            h = keras.layers.Dense(16, activation="relu")(h)
+        out = keras.layers.Dense(units or num_classes, activation=activation)(h)
+        cam_model = keras.Model(base.inputs, out)
+        if compile:
+            cam_model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
+                              metrics=["accuracy"])
+        return cam_model
+
+    return build_cam_model
+
+
+HEAD_MISTAKES = {
+    "not frozen": (make_head(freeze=False), C.HINT_NOT_FROZEN.format(n=4)),
+    "flatten": (make_head(pool="flatten"), C.HINT_FLATTEN.format(k_in=384, h=8, w=8, k=6)),
+    "max pooling": (make_head(pool="max"), C.HINT_MAX_POOL),
+    "no activation": (make_head(activation=None), C.HINT_ACTIVATION.format(act="linear (none)")),
+    "relu": (make_head(activation="relu"), C.HINT_ACTIVATION.format(act="relu")),
+    "sigmoid": (make_head(activation="sigmoid"), C.HINT_ACTIVATION.format(act="sigmoid")),
+    "on the pooled maps": (make_head(at="pool"), C.HINT_WRONG_LAYER.format(other="pool", layer="conv2")),
+    "on an earlier conv": (make_head(at="conv1"), C.HINT_WRONG_LAYER.format(other="conv1", layer="conv2")),
+    "two dense layers": (make_head(extra_dense=True), C.HINT_ONE_DENSE.format(n=2)),
+    "not compiled": (make_head(compile=False), C.HINT_NOT_COMPILED),
+    "wrong number of classes": (make_head(units=6), C.HINT_NUM_CLASSES.format(got=6, want=3)),
+    "returns nothing": (lambda model, layer, num_classes: None, C.HINT_NOT_MODEL),
+}
+
+
+def test_the_head_solution_passes(capsys):
+    assert C.cam_head(make_head()) is True
+    out = capsys.readouterr().out
+    assert out.startswith("PASS [04 CAM head]") and out.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", list(HEAD_MISTAKES))
+def test_each_head_mistake_gets_its_hint(name, capsys):
+    fn, hint = HEAD_MISTAKES[name]
+    assert C.cam_head(fn) is False
+    assert capsys.readouterr().out == f"HINT [04 CAM head] {hint}\n"
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """minivgg's shipped weights, labkit's reference head on 120 shapes, 60 test shapes."""
+    bb = models.load("minivgg")
+    train, test = data.make_shapes(120, seed=4), data.make_shapes(60, seed=1)
+    ref = lkcam.train_cam_head(bb, train.images, train.labels, data.CLASSES, epochs=30, batch_size=40, progress=False)
+    return bb, ref, test
+
+
+def test_a_trained_head_passes_and_an_untrained_one_is_too_weak(trained, capsys):
+    bb, ref, test = trained
+    keras.utils.set_random_seed(0)
+    student = make_head()(bb.model, "block5_conv3", 6)
+    # "trained": the student's Dense layer given the reference head's weights (what fit would find, without the wait)
+    student.layers[-1].set_weights([ref.weights, ref.bias])
+    assert C.cam_head(make_head(), student, ref, test.images, test.labels) is True
+    assert "accuracy" in capsys.readouterr().out
+    untrained = make_head()(bb.model, "block5_conv3", 6)
+    untrained.layers[-1].set_weights([np.zeros_like(ref.weights), np.linspace(0, 1, 6).astype(np.float32)])
+    assert C.cam_head(make_head(), untrained, ref, test.images, test.labels) is False
+    out = capsys.readouterr().out
+    assert out.startswith("HINT [04 CAM head] your trained head is right on 0.") and "labkit's head" in out
+
+
+def test_the_trained_model_is_checked_on_the_backbone_too(trained, capsys):
+    bb, ref, test = trained
+    on_pool = make_head(at="block5_pool")(bb.model, "block5_conv3", 6)
+    assert C.cam_head(make_head(), on_pool, ref, test.images, test.labels) is False
+    assert capsys.readouterr().out == (
+        f"HINT [04 CAM head] {C.HINT_WRONG_LAYER.format(other='block5_pool', layer='block5_conv3')}\n")
+    assert C.cam_head(make_head(), None, ref, test.images, test.labels) is False
+    assert capsys.readouterr().out == f"HINT [04 CAM head] {C.HINT_NOT_TRAINED}\n"
+
+
+def test_head_bad_calls_raise(trained):
+    bb, ref, test = trained
+    with pytest.raises(TypeError, match="CAMHead"):
+        C.cam_head(make_head(), None, bb, test.images, test.labels)
+    with pytest.raises(TypeError, match="together"):
+        C.cam_head(make_head(), None, ref)

@@ -8,10 +8,10 @@ Each prints ``PASS [...]`` or ``HINT [...]`` in one line and returns True or Fal
 from .why_interpretability import why_interpretability
 
 __all__ = ["why_interpretability"]
-from .cam import cam  # noqa: E402
-__all__ += ["cam"]
-from .gradcam import gradcam  # noqa: E402
-__all__ += ["gradcam"]
+from .cam import cam, cam_head  # noqa: E402
+__all__ += ["cam", "cam_head"]
+from .gradcam import gradcam, gradcam_split  # noqa: E402
+__all__ += ["gradcam", "gradcam_split"]
 from .guided_backprop import guided_backprop  # noqa: E402
 __all__ += ["guided_backprop"]
 from .keras_to_torch import copy_weights, keras_to_torch  # noqa: E402

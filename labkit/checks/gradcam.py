@@ -1,4 +1,5 @@
-"""Check for stage 05 (Grad-CAM): the student's ``gradcam_from(activations, gradients)``.
+"""Checks for stage 05 (Grad-CAM): the student's split ``split_gradients(model, x, classes, layer, score)``
+(:func:`gradcam_split`, below) and ``gradcam_from(activations, gradients)`` (:func:`gradcam`).
 
 The exercise: the feature maps A and the gradients dy^c/dA of a conv layer, both (N, h, w, K) (NHWC, as
 Keras lays them out), give the Grad-CAM maps (N, h, w)::
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Hint, as_array, call_student, close, match, report
+from .base import Hint, as_array, call_student, close, match, report, tiny_keras_cnn
 
 STAGE = "05 Grad-CAM"
 WHAT = "gradcam_from(activations, gradients)"
@@ -159,3 +160,268 @@ def gradcam(gradcam_from, backbone=None, images=None) -> bool:
                 f"({n} image(s), {h}x{w}, K={k}) it gives labkit.gradcam's maps")
 
     return report(STAGE, run)
+
+
+# -- the split exercise: A and dy^c/dA from modelA / modelP, built with the Keras functional API ----------------
+
+SPLIT_STAGE = "05 Grad-CAM split"
+SPLIT_WHAT = "split_gradients(model, x, classes, layer, score)"
+
+HINT_GRAD_NONE = (
+    "the gradient came back as None. The check also runs your function on a model that is NOT frozen: Keras 3 "
+    "on torch keeps every weight as a torch Parameter, which requires grad unless the model is frozen "
+    "(trainable = False), so modelA(x) is then the end of a graph, not a leaf, and requires_grad_ does not make "
+    "it one; torch fills .grad only for leaves. Make featureMaps a leaf: compute it under torch.no_grad() (or "
+    "detach it) before requires_grad_(True)")
+HINT_NOT_A_PAIR = "return two things, (featureMaps, gradients): the feature maps A and dy^c/dA, both (N, h, w, K)"
+HINT_CONV_TWICE = ("your head applies {layer} again: modelA already ends with {layer}'s output, so modelP starts "
+                   "at the next layer ({next}), whose input is that output")
+HINT_POOL_SKIPPED = ("your head skips {next}: modelP must start AT {next} (its input is {layer}'s output), so that "
+                     "the pooling runs exactly once")
+HINT_POOL_TWICE = ("{next} runs twice: modelA ends at {layer}'s output (before the pooling), and modelP starts "
+                   "with {next}")
+HINT_A_LAYER = ("your feature maps have the shape of {other}'s output {shape}: A is {layer}'s output "
+                "(modelA = keras.Model(model.inputs, model.get_layer(layer).output))")
+HINT_PROBABILITY = ("your gradients are those of the class PROBABILITY (after the softmax), but score='logit' asked "
+                    "for the logit: take the last Dense layer's output before its softmax activation")
+HINT_LOGIT = ("your gradients are those of the LOGIT, but score='probability' asked for the softmax output, as "
+              "in the course's probas = modelP(featureMaps)")
+HINT_FIRST_ONLY = ("only the first image got a gradient: sum each image's OWN class score, "
+                   "scores[i, classes[i]] for every i, before backward")
+HINT_ONE_CLASS = ("every image got the gradient of the same class (classes[0]): image i's score is "
+                  "scores[i, classes[i]]")
+HINT_ALL_LISTED = ("each image got the gradient of the sum of ALL the listed classes: scores[:, classes] is an N x N "
+                   "block; take scores[i, classes[i]] (e.g. scores[torch.arange(N), classes])")
+HINT_ALL_CLASSES = "you summed every class's score: back-propagate only scores[i, classes[i]] of each image"
+HINT_MEAN_IMAGES = ("your gradients are N times too small: you averaged the scores over the images; SUM them (each "
+                    "image's gradient is then its own score's gradient)")
+HINT_WRT_INPUT = ("your gradient has the input's shape: it is d score / d x. Grad-CAM needs d score / d featureMaps "
+                  "(featureMaps.grad)")
+HINT_WRT_LAYER = "your gradient has the shape of {other}'s output {shape}: take it w.r.t. featureMaps, {layer}'s output"
+HINT_SWAPPED = "you returned (gradients, featureMaps): return (featureMaps, gradients), in that order"
+HINT_A_AS_GRAD = "your gradient equals the feature maps themselves: return featureMaps.grad after backward"
+
+
+def _head_chain(model, layer):
+    """(conv layer, its index, the layers after it): the split of a plain chain of layers (VGG-like)."""
+    conv = model.get_layer(layer)
+    i = model.layers.index(conv)
+    return conv, i, list(model.layers[i + 1 :])
+
+
+def split_reference(model, x, classes, layer, score="logit", *, a_layer=None, head=None, select="each", wrt=None):
+    """A and dy^c/dA (N, h, w, K) as numpy float64 for a Keras chain model, with labkit.gradcam's head code.
+
+    The keyword arguments build the mistakes the check recognises (the defaults give the right answer):
+    ``a_layer`` the layer whose output is taken as A, ``head`` the layers applied to A, ``select`` how the
+    images' scores are combined ("each", "first", "one class", "all listed", "all classes", "mean"),
+    ``wrt`` "input" for d score / d x.
+    """
+    import keras
+    import torch
+
+    from .. import gradcam as lkgc
+
+    conv, i, after = _head_chain(model, layer)
+    a_layer = conv if a_layer is None else model.get_layer(a_layer)
+    head = after if head is None else head
+    classes = torch.as_tensor(np.asarray(classes), dtype=torch.long)
+    n = len(classes)
+    with torch.enable_grad():
+        if wrt == "input":
+            x = x.detach().clone().requires_grad_(True)
+            leaf = x
+            feats = keras.Model(model.inputs, a_layer.output)(x)
+        else:
+            with torch.no_grad():
+                feats = keras.Model(model.inputs, a_layer.output)(x)
+            feats = feats.detach().requires_grad_(True)
+            leaf = feats
+        scores = lkgc._keras_head(head[:-1], head[-1], feats, score)
+        rows = torch.arange(n)
+        chosen = {
+            "each": lambda: scores[rows, classes].sum(),
+            "first": lambda: scores[0, classes[0]],
+            "one class": lambda: scores[:, classes[0]].sum(),
+            "all listed": lambda: scores[:, classes].sum(),
+            "all classes": lambda: scores.sum(),
+            "mean": lambda: scores[rows, classes].mean(),
+        }[select]()
+        (grad,) = torch.autograd.grad(chosen, leaf)
+    f = lambda t: t.detach().double().cpu().numpy()
+    return f(feats), f(grad)
+
+
+def _near(answer, ref) -> bool:
+    """Equal up to float32 round-off, relative to the reference's own scale (probability gradients are tiny)."""
+    answer, ref = np.asarray(answer, np.float64), np.asarray(ref, np.float64)
+    if answer.shape != ref.shape:
+        return False
+    scale = float(np.abs(ref).max(initial=0.0))
+    return bool(np.allclose(answer, ref, rtol=1e-3, atol=1e-4 * scale + 1e-30))
+
+
+def _batch_free(msg: str) -> str:
+    """An error message with the batch size taken out of every shape, so that symbolic and eager runs compare."""
+    import re
+
+    return re.sub(r"\((None|\d+), ", "(*, ", msg)
+
+
+def _split_mutants(model, x, classes, layer, score):
+    """(hint, (A, dA) or the error message that mistake raises) for the mistakes the check recognises here."""
+    conv, i, after = _head_chain(model, layer)
+    nxt = after[0].name
+    fmt = dict(layer=layer, next=nxt)
+    other = "probability" if score == "logit" else "logit"
+    out = []
+
+    def add(hint, **kw):
+        try:
+            out.append((hint, split_reference(model, x, classes, layer, kw.pop("score", score), **kw)))
+        except Exception as exc:  # noqa: BLE001 - a structural mistake that Keras refuses: keep its message
+            out.append((hint, _batch_free(str(exc))))
+
+    add(HINT_PROBABILITY if score == "logit" else HINT_LOGIT, score=other)
+    add(HINT_CONV_TWICE.format(**fmt), head=[conv] + after)
+    add(HINT_POOL_SKIPPED.format(**fmt), head=after[1:])
+    add(HINT_POOL_TWICE.format(**fmt), head=[after[0]] + after)
+    if len(classes) > 1:
+        for select, hint in (("first", HINT_FIRST_ONLY), ("one class", HINT_ONE_CLASS),
+                             ("all listed", HINT_ALL_LISTED), ("all classes", HINT_ALL_CLASSES),
+                             ("mean", HINT_MEAN_IMAGES)):
+            add(hint, select=select)
+    else:
+        add(HINT_ALL_CLASSES, select="all classes")
+    return out
+
+
+def _output_shapes(model, x):
+    """{layer name: output shape for this batch} for every layer, and the input's shape under 'the input'."""
+    n = x.shape[0]
+    shapes = {"the input": tuple(x.shape)}
+    for l in model.layers[1:]:
+        shapes[l.name] = (n, *tuple(l.output.shape[1:]))
+    return shapes
+
+
+def _split_one(fn, model, x, classes, layer, score, where=""):
+    """Run the student's split on one model and case; raise the recognised mistake's hint."""
+    import warnings
+
+    ref_a, ref_g = split_reference(model, x, classes, layer, score)
+    try:
+        with warnings.catch_warnings():  # torch warns when .grad of a non-leaf is read: the hint says it better
+            warnings.simplefilter("ignore", UserWarning)
+            got = call_student(fn, model, x.clone(), np.asarray(classes).copy(), layer, score, what=SPLIT_WHAT)
+    except Hint as hint:
+        message = _batch_free(str(hint))
+        for mhint, answer in _split_mutants(model, x, classes, layer, score):
+            if isinstance(answer, str) and answer in message:
+                raise Hint(mhint) from None
+        raise
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        raise Hint(HINT_NOT_A_PAIR)
+    a_raw, g_raw = got
+    if a_raw is None:
+        raise Hint(HINT_NOT_A_PAIR)
+    if g_raw is None:
+        raise Hint(HINT_GRAD_NONE)
+    a, g = as_array(a_raw, SPLIT_WHAT), as_array(g_raw, SPLIT_WHAT)
+    shapes = _output_shapes(model, x)
+    if a.shape != ref_a.shape:
+        if _near(a, ref_g) and _near(g, ref_a):
+            raise Hint(HINT_SWAPPED)
+        for name, shape in shapes.items():
+            if name != layer and a.shape == shape:
+                raise Hint(HINT_A_LAYER.format(other=name, shape=shape, layer=layer))
+        raise Hint(f"{SPLIT_WHAT}{where}: featureMaps has shape {a.shape}, expected {ref_a.shape} ({layer}'s output)")
+    if not _near(a, ref_a):
+        if _near(a, ref_g) and _near(g, ref_a):
+            raise Hint(HINT_SWAPPED)
+        raise Hint(f"{SPLIT_WHAT}{where}: featureMaps is not {layer}'s output for x: run modelA on x as it is")
+    if g.shape != ref_g.shape:
+        if g.shape == tuple(x.shape):
+            raise Hint(HINT_WRT_INPUT)
+        for name, shape in shapes.items():
+            if name != layer and g.shape == shape:
+                raise Hint(HINT_WRT_LAYER.format(other=name, shape=shape, layer=layer))
+        raise Hint(f"{SPLIT_WHAT}{where}: the gradient has shape {g.shape}, expected {ref_g.shape} (like featureMaps)")
+    if _near(g, ref_g):
+        return a, g
+    if _near(g, ref_a):
+        raise Hint(HINT_A_AS_GRAD)
+    for hint, answer in _split_mutants(model, x, classes, layer, score):
+        if not isinstance(answer, str) and _near(g, answer[1]):
+            raise Hint(hint)
+    err = np.abs(g - ref_g).max() / max(float(np.abs(ref_g).max()), 1e-30)
+    raise Hint(f"{SPLIT_WHAT}{where} ({score}): the gradient differs from dy^c/dA (largest difference {err:.2g} of "
+               "its largest value): re-read the steps in the text above")
+
+
+def _tiny_models():
+    """(frozen, unfrozen) copies of the checks' tiny Keras CNN: the course's setting, and the torch-leaf trap."""
+    import keras
+
+    import warnings
+
+    base = tiny_keras_cnn()
+    out = []
+    with warnings.catch_warnings():  # Keras' numpy-2 copy warning on get/set_weights: noise, not the student's
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for trainable in (False, True):  # fresh copies each run: a student's function may (un)freeze its model
+            m = keras.models.clone_model(base)
+            m.set_weights(base.get_weights())
+            m.trainable = trainable
+            out.append(m)
+    return out
+
+
+def gradcam_split(split_gradients, backbone=None, images=None) -> bool:
+    """Stage 05: ``split_gradients(model, x, classes, layer, score) -> (featureMaps, gradients)``.
+
+    ``model`` a Keras model that is a plain chain of layers (VGG-like), ``x`` a preprocessed batch
+    (N, H, W, 3) torch tensor, ``classes`` N class indices, ``layer`` a conv layer's name, ``score``
+    "logit" or "probability". Both returned arrays are (N, h, w, K): ``layer``'s output A and dy^c/dA.
+
+    The check calls the function on its own small Keras CNN (frozen, then NOT frozen: the gradient must
+    still come back), for both scores, and, with ``backbone`` and ``images``, on the backbone's model at its
+    last conv layer, where it must give what labkit.gradcam computes.
+    """
+    import torch
+
+    from ..models import Backbone
+
+    if backbone is not None and not isinstance(backbone, Backbone):
+        raise TypeError(f"checks.gradcam_split takes a labkit Backbone (models.load), got {type(backbone).__name__}")
+    if (backbone is None) != (images is None):
+        raise TypeError("checks.gradcam_split needs both backbone and images, or neither")
+
+    def run() -> str:
+        frozen, unfrozen = _tiny_models()
+        rng = np.random.default_rng(11)
+        x = torch.as_tensor(rng.normal(size=(3, *frozen.input_shape[1:])).astype(np.float32))
+        classes = np.array([1, 3, 0])
+        for score in ("logit", "probability"):
+            _split_one(split_gradients, frozen, x, classes, "conv2", score, where=" on the check's small CNN")
+        _split_one(split_gradients, unfrozen, x, classes, "conv2", "logit", where=" on a small CNN that is not frozen")
+        if backbone is None:
+            return "modelA / modelP split, dy^c/dA for the logit and the probability, on small Keras CNNs"
+        xb = backbone.tensor(backbone.check_images(np.asarray(images)))
+        layer = backbone.last_conv_layer
+        for score in ("logit", "probability"):
+            cls = backbone.model(xb).argmax(dim=1).cpu().numpy()
+            a, g = _split_one(split_gradients, backbone.model, xb, cls, layer, score,
+                              where=f" on {backbone.name}'s {layer}")
+            # the reference of record: labkit.gradcam's own split gives the same A and dy^c/dA
+            from .. import gradcam as lkgc
+
+            ra, rg, _ = lkgc.activations_and_gradients(backbone, np.asarray(images), target=cls, layer=layer,
+                                                       score=score)
+            if not (_near(a, ra) and _near(g, rg)):
+                raise Hint(f"{SPLIT_WHAT} on {backbone.name}'s {layer} ({score}) differs from labkit.gradcam's split")
+        n, h, w, k = a.shape
+        return (f"modelA / modelP split, dy^c/dA for the logit and the probability; on {backbone.name}'s {layer} "
+                f"({n} image(s), {h}x{w}, K={k}) it gives labkit.gradcam's A and gradients")
+
+    return report(SPLIT_STAGE, run)
