@@ -214,7 +214,11 @@ def deletion_curve(fn, auc_fn, backbone=None, image=None, importance=None, targe
                     return class_scores(backbone, b, "probability")[:, int(target)].cpu().numpy()
 
             x_np, fill_np = x.cpu().numpy(), fill.cpu().numpy()
-            imp = np.asarray(importance, np.float32)
+            # ties (a ReLU'd map has many zeros) may be ordered either way: make the order unique first
+            order = np.argsort(-np.asarray(importance, np.float64).ravel(), kind="stable")
+            imp = np.empty(order.size, np.float32)
+            imp[order] = np.arange(order.size, 0, -1)
+            imp = imp.reshape(np.shape(importance))
             answer = _check_curve(fn, score, x_np, imp, fill_np, steps, where=f" on {backbone.name}")
             lib = evaluation.deletion(backbone, image, imp[None], target=int(target), steps=steps, fill="grey")
             if not close(answer, lib.scores[0], rtol=1e-3, atol=1e-4):
