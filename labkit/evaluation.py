@@ -139,9 +139,13 @@ def method_functions(backbone: Backbone, methods=METHODS, cam_head=None, progres
     if unknown:
         raise ValueError(f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}")
     if "cam" in methods and cam_head is None:
-        from .explain import cam_head_for
+        from . import data
 
-        cam_head = cam_head_for(backbone, None, progress=progress)
+        if tuple(backbone.class_names) != tuple(data.CLASSES):
+            raise ValueError(f"CAM on {backbone.name} needs a head trained on labelled images: pass cam_head="
+                             "labkit.cam.train_cam_head(backbone, images, labels, class_names)")
+        shapes = data.make_shapes(600, seed=7)  # as `labkit explain` does for minivgg
+        cam_head = cam.train_cam_head(backbone, shapes.images, shapes.labels, data.CLASSES, progress=progress)
 
     def guided(model, images, target=None):
         twin = keras_to_torch.to_torch(model.model)  # fresh: the weights the model has now
