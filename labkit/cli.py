@@ -56,13 +56,32 @@ def _fetch(args) -> int:
 
 
 def _evaluate(args) -> int:
+    if args.n <= 0:
+        raise ValueError(f"--n must be a positive number of test images, got {args.n}")
     from labkit import models
 
     backbone = models.load(args.backbone)
-    acc = models.evaluate(backbone, n=args.n, seed=args.seed)
-    print(f"{args.backbone} on {args.n} fresh shapes images (seed {args.seed})")
-    print(f"accuracy: {acc:.4f}")
+    if not args.methods:
+        acc = models.evaluate(backbone, n=args.n, seed=args.seed)
+        print(f"{args.backbone} on {args.n} fresh shapes images (seed {args.seed})")
+        print(f"accuracy: {acc:.4f}")
+        return 0
+    from labkit import data, evaluation
+
+    methods = evaluation.METHODS if "all" in args.methods else tuple(args.methods)
+    test = data.make_shapes(args.n, seed=args.seed, size=backbone.input_size[0], progress=True)
+    random_model = None
+    if args.random_model:
+        random_model = models.load(args.random_model)
+    table = evaluation.evaluate_methods(backbone, test.images, test.labels, test.masks, methods=methods,
+                                        random_model=random_model, steps=args.steps, progress=True)
+    print(f"{args.backbone} on {table.n} fresh shapes images (seed {args.seed}), explaining the true class")
+    print(table.format())
     return 0
+
+
+# the methods `evaluate --methods` knows (labkit.evaluation.METHODS; not imported here: --help stays fast)
+_EVAL_METHODS = ("occlusion", "saliency", "cam", "gradcam", "guided_backprop", "guided_gradcam")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,10 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sha256", help="the sha256 the VGG16 weights file must have (default: check Keras' md5)")
     s.set_defaults(func=_fetch)
 
-    s = sub.add_parser("evaluate", help="test accuracy of minivgg on freshly generated shapes")
+    s = sub.add_parser("evaluate", help="test accuracy of minivgg, or the table of metrics of the explanation methods")
     s.add_argument("backbone", choices=["minivgg"])
     s.add_argument("--n", type=int, default=2000, help="number of test images (default 2000)")
     s.add_argument("--seed", type=int, default=1, help="dataset seed (default 1, never used in training)")
+    s.add_argument("--methods", nargs="+", metavar="M", choices=("all",) + _EVAL_METHODS,
+                   help="print the evaluation table (pointing game, deletion, insertion, randomisation) of these "
+                        f"methods and the baselines instead of the accuracy: all, or some of {' '.join(_EVAL_METHODS)}")
+    s.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (default 16)")
+    s.add_argument("--random-model", metavar="NAME",
+                   help="a model trained on permuted labels (e.g. minivgg_randlabels): adds the data randomisation test")
     s.set_defaults(func=_evaluate)
 
     for module in SUBCOMMAND_MODULES:

@@ -22,3 +22,5 @@ from .occlusion import occlusion  # noqa: E402
 __all__ += ["occlusion"]
 from .saliency import saliency  # noqa: E402
 __all__ += ["saliency"]
+from .evaluation import cascading_randomisation, deletion_curve  # noqa: E402
+__all__ += ["deletion_curve", "cascading_randomisation"]
