@@ -236,7 +236,7 @@ import os
 # raises AssertionError carrying its hint, so the test cell fails and the feedback shows the hint.
 os.environ["{AUTOGRADE_ENV}"] = "1"
 os.environ["KERAS_BACKEND"] = "torch"
-os.environ.setdefault("LABKIT_BACKBONE", {backbone!r})  # grade with the backbone the class used
+os.environ["LABKIT_BACKBONE"] = {backbone!r}  # grade with the backbone the class used
 
 c = get_config()  # noqa: F821 - nbgrader provides it
 
