@@ -4,6 +4,8 @@ The round trip (``test_round_trip_*``) runs nbgrader's own commands in a tempora
 ``labkit grading init``, ``nbgrader generate_assignment``, three submissions, ``nbgrader autograde``,
 ``nbgrader generate_feedback`` and ``nbgrader export``. It executes every notebook three times (one kernel per
 notebook and submission), so it is the slowest test of the suite; its fixture runs it once for all its tests.
+Each cell is bounded by the course config's per-cell timeout and each nbgrader command by ``nbgrader()``'s timeout.
+The third submission also deletes a (right) test cell in another notebook: nbgrader must add it back.
 """
 
 from __future__ import annotations
@@ -225,6 +227,7 @@ def nbgrader(course: Path, *args: str, timeout: float = 3600) -> subprocess.Comp
 WRONG_NOTEBOOK = "07_keras_to_torch.ipynb"
 WRONG_FUNCTION = "conv_kernel_to_torch"
 WRONG_BODY = "return kernel.T"  # the typical mistake: .T reverses all four axes
+DELETED_IN = next(p.name for p in SOLUTIONS if p.name != WRONG_NOTEBOOK)  # where the third student deletes a test cell
 
 
 def _replace_region_after(source: str, anchor: str, body: str) -> str:
@@ -272,6 +275,9 @@ def submission(released: Path, source: Path, kind: str):
         exercise.source = _replace_region_after(exercise.source, f"def {WRONG_FUNCTION}(", WRONG_BODY)
         test = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id", "").startswith("check-"))
         test.source = 'ok = True\nprint("PASS [07 keras to torch] all three conversions are right")'  # tampered
+    if kind == "wrong" and released.name == DELETED_IN:
+        # a right answer whose test cell the student deleted: nbgrader adds it back (add_missing_cells) and it passes
+        nb.cells = [c for c in nb.cells if not c.metadata.get("nbgrader", {}).get("grade_id", "").startswith("check-")]
     return nb
 
 
@@ -339,6 +345,7 @@ def test_round_trip_scores(course):
     assert total == sum(grading.points(nbformat.read(str(p), as_version=4))["check"] for p in SOLUTIONS)
     assert per_student["full"] == total, {k: v for k, v in checks.items() if k[0] == "full" and v[0] != v[1]}
     assert per_student["stub"] == 0
+    assert all(v[0] == v[1] for k, v in checks.items() if k[0] == "wrong" and k[1] == DELETED_IN)  # the deleted check came back
     assert per_student["wrong"] == total - lost and lost > 0, {k: v for k, v in checks.items() if k[0] == "wrong" and v[0] != v[1]}
     # written answers: untouched stubs score 0 at once; written ones wait for the instructor
     answers = {k: v for k, v in got.items() if k[2].startswith("answer-")}
