@@ -6,7 +6,7 @@ deterministically and idempotently, from what the notebook already says (nothing
 * a code cell with a ``### BEGIN SOLUTION`` region is an **exercise**: an nbgrader solution cell
   (``grade_id`` ``exercise-<cell id>``);
 * a code cell that calls a check (``checks.<name>(...)``, where ``<name>`` is a function of ``labkit/checks``
-  that returns ``report(...)``) is an autograded **test cell** worth ``POINTS["check"]`` points
+  that calls ``report(...)``) is an autograded **test cell** worth ``POINTS["check"]`` points
   (``check-<name>-<cell id>``), locked: nbgrader restores its source before autograding;
 * a markdown cell with a solution region is a **written answer**: a manually graded answer cell worth
   ``POINTS["answer"]`` points (``answer-<cell id>``);
@@ -58,7 +58,7 @@ class GradingError(ValueError):
 
 
 def check_names(checks_dir: Path = CHECKS_DIR) -> frozenset:
-    """The public functions of ``labkit/checks/*.py`` that end in ``return report(...)``: the checks.
+    """The public functions of ``labkit/checks/*.py`` that call ``report(...)`` (base.report): the checks.
 
     Read from the source (no import), so helpers such as ``checks.copy_weights`` are not mistaken for checks.
     """
@@ -71,8 +71,7 @@ def check_names(checks_dir: Path = CHECKS_DIR) -> frozenset:
             if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):
                 continue
             for sub in ast.walk(node):
-                call = sub.value if isinstance(sub, ast.Return) else None
-                func = call.func if isinstance(call, ast.Call) else None
+                func = sub.func if isinstance(sub, ast.Call) else None
                 if (isinstance(func, ast.Name) and func.id in aliases) or (isinstance(func, ast.Attribute) and func.attr == "report"):
                     names.add(node.name)
                     break
@@ -238,7 +237,7 @@ import os
 # raises AssertionError carrying its hint, so the test cell fails and the feedback shows the hint.
 os.environ["{AUTOGRADE_ENV}"] = "1"
 os.environ["KERAS_BACKEND"] = "torch"
-os.environ.setdefault("LABKIT_BACKBONE", {backbone!r})  # grade with the backbone the class used
+os.environ["LABKIT_BACKBONE"] = {backbone!r}  # grade with the backbone the class used
 
 c = get_config()  # noqa: F821 - nbgrader provides it
 

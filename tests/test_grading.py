@@ -4,6 +4,8 @@ The round trip (``test_round_trip_*``) runs nbgrader's own commands in a tempora
 ``labkit grading init``, ``nbgrader generate_assignment``, three submissions, ``nbgrader autograde``,
 ``nbgrader generate_feedback`` and ``nbgrader export``. It executes every notebook three times (one kernel per
 notebook and submission), so it is the slowest test of the suite; its fixture runs it once for all its tests.
+Each cell is bounded by the course config's per-cell timeout and each nbgrader command by ``nbgrader()``'s timeout.
+The third submission also deletes a (right) test cell in another notebook: nbgrader must add it back.
 """
 
 from __future__ import annotations
@@ -225,6 +227,7 @@ def nbgrader(course: Path, *args: str, timeout: float = 3600) -> subprocess.Comp
 WRONG_NOTEBOOK = "07_keras_to_torch.ipynb"
 WRONG_FUNCTION = "conv_kernel_to_torch"
 WRONG_BODY = "return kernel.T"  # the typical mistake: .T reverses all four axes
+DELETED_IN = next(p.name for p in SOLUTIONS if p.name != WRONG_NOTEBOOK)  # where the third student deletes a test cell
 
 
 def _replace_region_after(source: str, anchor: str, body: str) -> str:
@@ -272,24 +275,33 @@ def submission(released: Path, source: Path, kind: str):
         exercise.source = _replace_region_after(exercise.source, f"def {WRONG_FUNCTION}(", WRONG_BODY)
         test = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id", "").startswith("check-"))
         test.source = 'ok = True\nprint("PASS [07 keras to torch] all three conversions are right")'  # tampered
+    if kind == "wrong" and released.name == DELETED_IN:
+        # a right answer whose test cell the student deleted: nbgrader adds it back (add_missing_cells) and it passes
+        nb.cells = [c for c in nb.cells if not c.metadata.get("nbgrader", {}).get("grade_id", "").startswith("check-")]
     return nb
 
 
 @pytest.fixture(scope="module")
-def course(tmp_path_factory):
-    """A course directory after init, generate_assignment, three submissions, autograde, feedback and export."""
+def generated(tmp_path_factory):
+    """A course directory after `labkit grading init` and `nbgrader generate_assignment labkit`."""
     if nbgrader_missing:
         pytest.skip("nbgrader is not installed (pip install 'labkit[grading]')")
-    course = tmp_path_factory.mktemp("course")
-    assert grading.main(["init", str(course / "c")]) == 0
-    course = course / "c"
+    course = tmp_path_factory.mktemp("course") / "c"
+    assert grading.main(["init", str(course)]) == 0
     nbgrader(course, "generate_assignment", "labkit")
     released = sorted((course / "release" / "labkit").glob("*.ipynb"))
     assert [p.name for p in released] == [p.name for p in SOLUTIONS]
+    return course
+
+
+@pytest.fixture(scope="module")
+def course(generated):
+    """The same course after three submissions, autograde, feedback and export (runs each notebook 3 times)."""
+    course = generated
     for student in ("full", "stub", "wrong"):
         folder = course / "submitted" / student / "labkit"
         folder.mkdir(parents=True)
-        for path in released:
+        for path in sorted((course / "release" / "labkit").glob("*.ipynb")):
             nbformat.write(submission(path, course / "source" / "labkit" / path.name, student), str(folder / path.name))
     nbgrader(course, "autograde", "labkit")
     nbgrader(course, "generate_feedback", "labkit")
@@ -298,8 +310,9 @@ def course(tmp_path_factory):
 
 
 @needs_nbgrader
-def test_nbgrader_hands_out_what_labkit_release_writes(course):
+def test_nbgrader_hands_out_what_labkit_release_writes(generated):
     """Same cells, ids, types and sources as `labkit release`; nbgrader's own metadata aside."""
+    course = generated
     for path in SOLUTIONS:
         mine = nbformat.reads(rel.render(path), as_version=4)
         theirs = nbformat.read(str(course / "release" / "labkit" / path.name), as_version=4)
@@ -332,6 +345,7 @@ def test_round_trip_scores(course):
     assert total == sum(grading.points(nbformat.read(str(p), as_version=4))["check"] for p in SOLUTIONS)
     assert per_student["full"] == total, {k: v for k, v in checks.items() if k[0] == "full" and v[0] != v[1]}
     assert per_student["stub"] == 0
+    assert all(v[0] == v[1] for k, v in checks.items() if k[0] == "wrong" and k[1] == DELETED_IN)  # the deleted check came back
     assert per_student["wrong"] == total - lost and lost > 0, {k: v for k, v in checks.items() if k[0] == "wrong" and v[0] != v[1]}
     # written answers: untouched stubs score 0 at once; written ones wait for the instructor
     answers = {k: v for k, v in got.items() if k[2].startswith("answer-")}
