@@ -207,18 +207,27 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def minivgg_metadata() -> dict:
-    path = DATA_DIR / MINIVGG_META
+def minivgg_metadata(name: str = "minivgg") -> dict:
+    path = DATA_DIR / f"{name}.json"
     if not path.is_file():
-        raise WeightsError(f"no {path}: the bundled minivgg is missing; run `make weights` to train it")
+        raise WeightsError(f"no {path}: the bundled {name} is missing; run `{_train_command(name)}` to train it")
     return json.loads(path.read_text())
 
 
-def minivgg_backbone(model: keras.Model, class_names=lkdata.CLASSES) -> Backbone:
-    """Wrap a minivgg-shaped Keras model (trained or not) as a frozen Backbone."""
+def variants() -> tuple[str, ...]:
+    """minivgg's variants shipped in ``data/`` (stages 08 and 09): each is found by its ``data/<name>.json``."""
+    return tuple(sorted(p.name[: -len(".json")] for p in DATA_DIR.glob("minivgg_*.json")))
+
+
+def _train_command(name: str) -> str:
+    return "make weights" if name == "minivgg" else f"python -m labkit.train --variant {name}"
+
+
+def minivgg_backbone(model: keras.Model, class_names=lkdata.CLASSES, name: str = "minivgg") -> Backbone:
+    """Wrap a minivgg-shaped Keras model (trained or not) as a frozen Backbone (``name``: which variant)."""
     size = int(model.input_shape[1])
     return Backbone(
-        name="minivgg",
+        name=name,
         model=freeze(model),
         class_names=tuple(class_names),
         input_size=(size, size),
@@ -229,18 +238,18 @@ def minivgg_backbone(model: keras.Model, class_names=lkdata.CLASSES) -> Backbone
     )
 
 
-def _load_minivgg(weights="bundled") -> Backbone:
+def _load_minivgg(weights="bundled", name: str = "minivgg") -> Backbone:
     if weights is None:  # the untrained architecture, for tests
-        return minivgg_backbone(build_minivgg())
-    meta = minivgg_metadata()
+        return minivgg_backbone(build_minivgg(), name=name)
+    meta = minivgg_metadata(name)
     model = build_minivgg(meta["input_size"], len(meta["classes"]), tuple(meta["widths"]), meta["fc"])
-    path = DATA_DIR / MINIVGG_WEIGHTS if weights == "bundled" else Path(weights)
+    path = DATA_DIR / f"{name}.weights.h5" if weights == "bundled" else Path(weights)
     if not path.is_file():
-        raise WeightsError(f"no minivgg weights at {path}: run `make weights` to train them")
+        raise WeightsError(f"no {name} weights at {path}: run `{_train_command(name)}` to train them")
     if weights == "bundled" and sha256_of(path) != meta["sha256"]:
-        raise WeightsError(f"{path} does not match the sha256 in {MINIVGG_META}: restore it with `git checkout data/`")
+        raise WeightsError(f"{path} does not match the sha256 in {name}.json: restore it with `git checkout data/`")
     model.load_weights(path)
-    return minivgg_backbone(model, meta["classes"])
+    return minivgg_backbone(model, meta["classes"], name)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -369,21 +378,22 @@ def _load_vgg16(weights="imagenet") -> Backbone:
 
 
 def load(name: str = "minivgg", weights="default") -> Backbone:
-    """A frozen backbone: ``minivgg`` (bundled) or ``vgg16`` (ImageNet weights; ``weights=None`` for random ones).
+    """A frozen backbone: ``minivgg`` (bundled), one of its :func:`variants` (bundled), or ``vgg16`` (ImageNet
+    weights; ``weights=None`` for random ones).
 
     ``weights`` may also name a weights file.
     """
-    if name == "minivgg":
-        return _load_minivgg("bundled" if weights == "default" else weights)
+    if name == "minivgg" or name in variants():
+        return _load_minivgg("bundled" if weights == "default" else weights, name)
     if name == "vgg16":
         return _load_vgg16("imagenet" if weights == "default" else weights)
-    raise ValueError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
+    raise ValueError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES + variants())}")
 
 
 def backbone_state(name: str) -> str:
     """'bundled', 'cached', 'local file' or 'missing' — for `labkit info`."""
-    if name == "minivgg":
-        return "bundled" if (DATA_DIR / MINIVGG_WEIGHTS).is_file() else "missing (run `make weights`)"
+    if name == "minivgg" or name in variants():
+        return "bundled" if (DATA_DIR / f"{name}.weights.h5").is_file() else f"missing (run `{_train_command(name)}`)"
     if os.environ.get("LABKIT_VGG16_WEIGHTS"):
         ok = Path(os.environ["LABKIT_VGG16_WEIGHTS"]).is_file()
         return f"local file {os.environ['LABKIT_VGG16_WEIGHTS']}" + ("" if ok else " (MISSING)")
@@ -394,7 +404,7 @@ def backbone_state(name: str) -> str:
 
 def evaluate(backbone: Backbone, n: int = 2000, seed: int = 1, progress: bool = True) -> float:
     """Top-1 accuracy on ``n`` freshly generated shapes images (seed 1 is never used for training)."""
-    if backbone.name != "minivgg":
+    if not backbone.name.startswith("minivgg"):
         raise ValueError("evaluate runs on the procedural shapes dataset, which only minivgg was trained on")
     test = lkdata.make_shapes(n, seed=seed, size=backbone.input_size[0], progress=progress)
     probs = backbone.predict(test.images, batch_size=128, progress=progress)
