@@ -22,3 +22,5 @@ from .occlusion import occlusion  # noqa: E402
 __all__ += ["occlusion"]
 from .saliency import saliency  # noqa: E402
 __all__ += ["saliency"]
+from .debugging import debugging  # noqa: E402
+__all__ += ["debugging"]
