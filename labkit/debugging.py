@@ -51,8 +51,11 @@ def flip_rate(backbone, images, labels, corners, cue_class: str = lkdata.CUE_CLA
     return float((preds == lkdata.CLASSES.index(cue_class)).mean())
 
 
-def explain(backbone, images, target=None, methods=METHODS, progress: bool = True) -> dict[str, np.ndarray]:
-    """Maps (N, H, W) of the lab's methods for the same images and targets (None: the predicted class)."""
+def explain(backbone, images, target=None, methods=METHODS, occlusion_args=None, progress: bool = True) -> dict[str, np.ndarray]:
+    """Maps (N, H, W) of the lab's methods for the same images and targets (None: the predicted class).
+
+    ``occlusion_args``: keyword arguments for ``occlusion.occlusion`` (e.g. ``dict(size=12, stride=12)``).
+    """
     out = {}
     for name in tqdm(methods, desc="methods", disable=not progress, leave=False):
         if name == "gradcam":
@@ -62,7 +65,7 @@ def explain(backbone, images, target=None, methods=METHODS, progress: bool = Tru
         elif name == "guided_backprop":
             e = guided_backprop.guided_backprop(to_torch(backbone.model), backbone.tensor(images), target, preprocessed=True)
         elif name == "occlusion":
-            e = occlusion.occlusion(backbone, images, target, progress=False)
+            e = occlusion.occlusion(backbone, images, target, progress=False, **(occlusion_args or {}))
         else:
             raise ValueError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
         out[name] = np.asarray(e.maps)
