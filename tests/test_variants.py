@@ -25,7 +25,7 @@ def test_each_variant_ships_with_its_metadata_and_loads(name):
         assert field in meta, field
     backbone = models.load(name)
     assert backbone.name == name and backbone.class_names == data.CLASSES
-    assert backbone.model.get_layer("block5_conv3").kernel.shape == (3, 3, 64, 128)
+    assert backbone.model.get_layer("block5_conv3").kernel.shape == (3, 3, 128, 128)
     # Each variant is a different network from minivgg.
     base = models.load("minivgg").model.get_layer("fc1").get_weights()[0]
     assert not np.array_equal(backbone.model.get_layer("fc1").get_weights()[0], base)

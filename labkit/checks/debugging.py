@@ -20,7 +20,7 @@ from .base import Hint, as_array, call_student, close, match, one_thread, report
 
 STAGE = "09 debugging"
 N = 48
-SEED = 9009  # fixed check images: never the notebook's
+SEED = 9013  # fixed check images, never the notebook's: every listed mistake gives another number on them
 
 
 def check_shapes(n: int = N, seed: int = SEED):
