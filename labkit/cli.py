@@ -33,7 +33,7 @@ def _info(args) -> int:
     print(f"torch       {torch.__version__}")
     print(f"keras       {keras.__version__} (backend: {keras.backend.backend()})")
     print(f"device      {dev}{gpu}")
-    for name in models.BACKBONES:
+    for name in models.BACKBONES + models.variants():
         print(f"{name:<11} {models.backbone_state(name)}")
     return 0
 

@@ -221,6 +221,102 @@ def make_shapes(n: int, seed: int = 0, start: int = 0, size: int = IMAGE_SIZE, p
     return Shapes(images, labels, masks)
 
 
+
+# ----------------------------------------------------------------------------------------------------
+# A spurious cue (stage 09): a small tag, unrelated to the shape, that co-occurs with one class
+
+CUE_SIZE = 8  # the tag's side in pixels at IMAGE_SIZE = 96: a 4 x 4 checkerboard of 2 px cells
+CUE_MARGIN = 2  # pixels between the tag and the image border
+CUE_CLASS = "circle"  # the class the tag co-occurs with in minivgg_spurious's training images
+CUE_SEED = 2**30  # the cue's own random stream: the image under the tag is the same with or without it
+
+
+@dataclass(frozen=True)
+class CuedShapes(Shapes):
+    """Shapes with the tag on some images: ``cued`` (N,) bool says which, ``corners`` (N,) which corner (0-3).
+
+    ``masks`` stay the object's masks: the tag is not part of the object.
+    """
+
+    cued: np.ndarray
+    corners: np.ndarray
+
+
+def cue_box(corner: int, size: int = IMAGE_SIZE) -> tuple[slice, slice]:
+    """Rows and columns of the tag in ``corner`` (0 top-left, 1 top-right, 2 bottom-right, 3 bottom-left)."""
+    if corner not in (0, 1, 2, 3):
+        raise ValueError(f"corner must be 0 (top-left), 1 (top-right), 2 (bottom-right) or 3 (bottom-left), got {corner!r}")
+    side = max(2, round(CUE_SIZE * size / IMAGE_SIZE))
+    lo, hi = CUE_MARGIN, size - CUE_MARGIN - side
+    y = lo if corner in (0, 1) else hi
+    x = lo if corner in (0, 3) else hi
+    return slice(y, y + side), slice(x, x + side)
+
+
+def cue_mask(corner: int, size: int = IMAGE_SIZE) -> np.ndarray:
+    """(size, size) bool: where the tag sits in ``corner``."""
+    mask = np.zeros((size, size), dtype=bool)
+    mask[cue_box(corner, size)] = True
+    return mask
+
+
+def add_cue(images: np.ndarray, corners=0) -> np.ndarray:
+    """A copy of ``images`` (N, H, W, 3) or (H, W, 3) uint8 with the tag painted in each image's corner.
+
+    ``corners`` is one corner for all images or one per image (0 top-left, 1 top-right, 2 bottom-right,
+    3 bottom-left). The tag is a black-and-white checkerboard: visible on any background, like no class.
+    """
+    images = np.asarray(images)
+    single = images.ndim == 3
+    batch = (images[None] if single else images).copy()
+    if batch.ndim != 4 or batch.shape[-1] != 3:
+        raise ValueError(f"add_cue takes RGB images (N, H, W, 3) or (H, W, 3), got shape {images.shape}")
+    corners = np.broadcast_to(np.asarray(corners), (len(batch),))
+    for k, corner in enumerate(corners):
+        rows, cols = cue_box(int(corner), batch.shape[1])
+        side = rows.stop - rows.start
+        cell = max(1, side // 4)
+        yy, xx = np.mgrid[0:side, 0:side] // cell
+        batch[k, rows, cols] = np.where(((yy + xx) % 2 == 0)[..., None], 255, 0).astype(batch.dtype)
+    return batch[0] if single else batch
+
+
+def free_corners(masks: np.ndarray) -> np.ndarray:
+    """(N, 4) int: how many object pixels the tag would cover in each corner (0 = the corner is free)."""
+    size = masks.shape[1]
+    return np.stack([masks[:, cue_box(c, size)[0], cue_box(c, size)[1]].sum(axis=(1, 2)) for c in range(4)], axis=1)
+
+
+def make_cued_shapes(n: int, seed: int = 0, start: int = 0, size: int = IMAGE_SIZE, cue: str = "train",
+                     cue_class: str = CUE_CLASS, p_class: float = 0.95, p_other: float = 0.02,
+                     progress: bool = False) -> CuedShapes:
+    """``make_shapes(n, seed, start, size)`` with the tag added: the very same images, only the tag differs.
+
+    ``cue``: "train" puts it on a share ``p_class`` of the ``cue_class`` images and ``p_other`` of the others
+    (minivgg_spurious's training correlation); "none" on no image; "all" on every image. Which images get the
+    tag and in which corner (one the object does not touch, where there is one) depend only on (seed, index).
+    """
+    if cue not in ("train", "none", "all"):
+        raise ValueError(f"cue must be 'train', 'none' or 'all', got {cue!r}")
+    if cue_class not in CLASSES:
+        raise ValueError(f"unknown cue_class {cue_class!r}: choose from {', '.join(CLASSES)}")
+    shapes = make_shapes(n, seed=seed, start=start, size=size, progress=progress)
+    draws = np.array([np.random.default_rng([CUE_SEED, seed, start + k]).random(5) for k in range(n)]).reshape(n, 5)
+    if cue == "train":
+        p = np.where(shapes.labels == CLASSES.index(cue_class), p_class, p_other)
+        cued = draws[:, 0] < p
+    else:
+        cued = np.full(n, cue == "all")
+    # The corner: a random one among those the object leaves free (all four when none is free).
+    covered = free_corners(shapes.masks) if n else np.zeros((0, 4), int)
+    score = np.where(covered == covered.min(axis=1, keepdims=True), draws[:, 1:], 2.0)
+    corners = score.argmin(axis=1).astype(np.int64)
+    images = shapes.images.copy()
+    if cued.any():
+        images[cued] = add_cue(images[cued], corners[cued])
+    return CuedShapes(images, shapes.labels, shapes.masks, cued, corners)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Real photos that ship offline
 

@@ -273,11 +273,11 @@ MINIVGG_META_KEYS = ("classes", "input_size", "widths", "fc", "sha256")
 _RESTORE = "restore it with `git checkout data/` (or retrain with `make weights`)"
 
 
-def minivgg_metadata() -> dict:
-    """``data/minivgg.json``, checked: a missing file, invalid JSON or a missing key is one line naming the file."""
-    path = DATA_DIR / MINIVGG_META
+def minivgg_metadata(name: str = "minivgg") -> dict:
+    """``data/<name>.json``, checked: a missing file, invalid JSON or a missing key is one line naming the file."""
+    path = DATA_DIR / f"{name}.json"
     if not path.is_file():
-        raise WeightsError(f"no {path}: the bundled minivgg is missing; run `make weights` to train it")
+        raise WeightsError(f"no {path}: the bundled {name} is missing; run `{_train_command(name)}` to train it")
     try:
         meta = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
@@ -314,27 +314,37 @@ def _minivgg_layout(f) -> str | None:
     return None
 
 
-def minivgg_problem(path: Path | None = None) -> str | None:
-    """Why minivgg's weights (default: the bundled ones) cannot be loaded, or None — cheap, for `labkit info`."""
+def minivgg_problem(path: Path | None = None, name: str = "minivgg") -> str | None:
+    """Why minivgg's (or a variant's) weights (default: the bundled ones) cannot be loaded, or None — cheap, for
+    `labkit info`."""
     bundled = path is None
-    path = DATA_DIR / MINIVGG_WEIGHTS if bundled else Path(path)
+    path = DATA_DIR / f"{name}.weights.h5" if bundled else Path(path)
     if not path.is_file():
         return f"no file at {path}"
     if bundled:
         try:
-            meta = minivgg_metadata()
+            meta = minivgg_metadata(name)
         except WeightsError as exc:
             return str(exc)
         if sha256_of(path) != meta["sha256"]:
-            return f"{path} does not match the sha256 in {MINIVGG_META}"
+            return f"{path} does not match the sha256 in {name}.json"
     return _h5_problem(path, _minivgg_layout)
 
 
-def minivgg_backbone(model: keras.Model, class_names=lkdata.CLASSES) -> Backbone:
-    """Wrap a minivgg-shaped Keras model (trained or not) as a frozen Backbone."""
+def variants() -> tuple[str, ...]:
+    """minivgg's variants shipped in ``data/`` (stages 08 and 09): each is found by its ``data/<name>.json``."""
+    return tuple(sorted(p.name[: -len(".json")] for p in DATA_DIR.glob("minivgg_*.json")))
+
+
+def _train_command(name: str) -> str:
+    return "make weights" if name == "minivgg" else f"python -m labkit.train --variant {name}"
+
+
+def minivgg_backbone(model: keras.Model, class_names=lkdata.CLASSES, name: str = "minivgg") -> Backbone:
+    """Wrap a minivgg-shaped Keras model (trained or not) as a frozen Backbone (``name``: which variant)."""
     size = int(model.input_shape[1])
     return Backbone(
-        name="minivgg",
+        name=name,
         model=freeze(model),
         class_names=tuple(class_names),
         input_size=(size, size),
@@ -345,19 +355,19 @@ def minivgg_backbone(model: keras.Model, class_names=lkdata.CLASSES) -> Backbone
     )
 
 
-def _load_minivgg(weights="bundled") -> Backbone:
+def _load_minivgg(weights="bundled", name: str = "minivgg") -> Backbone:
     if weights is None:  # the untrained architecture, for tests
-        return minivgg_backbone(build_minivgg())
-    meta = minivgg_metadata()
+        return minivgg_backbone(build_minivgg(), name=name)
+    meta = minivgg_metadata(name)
     model = build_minivgg(meta["input_size"], len(meta["classes"]), tuple(meta["widths"]), meta["fc"])
-    path = DATA_DIR / MINIVGG_WEIGHTS if weights == "bundled" else Path(weights)
+    path = DATA_DIR / f"{name}.weights.h5" if weights == "bundled" else Path(weights)
     if not path.is_file():
-        raise WeightsError(f"no minivgg weights at {path}: run `make weights` to train them")
+        raise WeightsError(f"no {name} weights at {path}: run `{_train_command(name)}` to train them")
     if weights == "bundled" and sha256_of(path) != meta["sha256"]:
-        raise WeightsError(f"{path} does not match the sha256 in {MINIVGG_META}: {_RESTORE}")
+        raise WeightsError(f"{path} does not match the sha256 in {name}.json: {_RESTORE}")
     fix = _RESTORE if weights == "bundled" else "give a file written by minivgg's model.save_weights"
-    _load_weights(model, path, "minivgg", _minivgg_layout, fix)
-    return minivgg_backbone(model, meta["classes"])
+    _load_weights(model, path, name, _minivgg_layout, fix)
+    return minivgg_backbone(model, meta["classes"], name)
 
 
 def _refuse_unusable(path: Path, what: str, layout, fix: str, problem: str | None = None) -> None:
@@ -563,21 +573,24 @@ def _load_vgg16(weights="imagenet") -> Backbone:
 
 
 def load(name: str = "minivgg", weights="default") -> Backbone:
-    """A frozen backbone: ``minivgg`` (bundled) or ``vgg16`` (ImageNet weights; ``weights=None`` for random ones).
+    """A frozen backbone: ``minivgg`` (bundled), one of its :func:`variants` (bundled), or ``vgg16`` (ImageNet
+    weights; ``weights=None`` for random ones).
 
     ``weights`` may also name a weights file.
     """
-    if name == "minivgg":
-        return _load_minivgg("bundled" if weights == "default" else weights)
+    if name == "minivgg" or name in variants():
+        return _load_minivgg("bundled" if weights == "default" else weights, name)
     if name == "vgg16":
         return _load_vgg16("imagenet" if weights == "default" else weights)
-    raise ValueError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
+    raise ValueError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES + variants())}")
 
 
 def backbone_state(name: str) -> str:
     """Where each backbone's weights are and whether they are usable (each file opened, cheaply) — for `labkit info`."""
-    if name == "minivgg":
-        problem = minivgg_problem()
+    if name == "minivgg" or name in variants():
+        if name != "minivgg" and not (DATA_DIR / f"{name}.weights.h5").is_file():
+            return f"missing (run `{_train_command(name)}`)"
+        problem = minivgg_problem(name=name)
         return "bundled" if problem is None else f"UNUSABLE: {problem} ({_RESTORE})"
     env = os.environ.get("LABKIT_VGG16_WEIGHTS")
     if env:
@@ -594,7 +607,7 @@ def backbone_state(name: str) -> str:
 
 def evaluate(backbone: Backbone, n: int = 2000, seed: int = 1, progress: bool = True) -> float:
     """Top-1 accuracy on ``n`` freshly generated shapes images (seed 1 is never used for training)."""
-    if backbone.name != "minivgg":
+    if not backbone.name.startswith("minivgg"):
         raise ValueError("evaluate runs on the procedural shapes dataset, which only minivgg was trained on")
     test = lkdata.make_shapes(n, seed=seed, size=backbone.input_size[0], progress=progress)
     probs = backbone.predict(test.images, batch_size=128, progress=progress)

@@ -62,3 +62,66 @@ def test_the_training_model_shares_minivgg_layers():
     assert [o.shape[-1] for o in both.outputs] == [6, 6]
     assert both.get_layer("block5_conv3") is base.get_layer("block5_conv3")
     assert both.get_layer(train.AUX_LAYERS[1]).kernel.shape == (128, 6)  # GAP of block5_conv3's 128 maps
+
+
+# ----------------------------------------------------------------------------------------------------
+# The variants (stages 08 and 09): the same code with other data, heads and stopping rules
+
+CUE = dict(cue="train", cue_class="circle", p_class=0.95, p_other=0.02)
+
+
+def test_variant_data_adds_the_tag_or_permutes_the_labels_deterministically():
+    x, y = train.make_data(64, 7)
+    xc, yc = train.make_data(64, 7, cue=CUE)
+    cued = (xc != x).any(axis=(1, 2, 3))
+    assert np.array_equal(y, yc) and cued.any() and not cued.all()
+    assert cued[y == 0].mean() > 0.5 and cued[y != 0].mean() < 0.2  # circles carry the tag
+    xp, yp = train.make_data(64, 7, permute_labels=True)
+    assert np.array_equal(xp, x) and not np.array_equal(yp, y)
+    assert np.array_equal(np.bincount(yp, minlength=6), np.bincount(y, minlength=6))  # a permutation of the labels
+    assert np.array_equal(train.make_data(64, 7, permute_labels=True)[1], yp)
+
+
+def test_without_augmentation_batches_are_the_images_as_they_are():
+    x = np.random.default_rng(0).integers(0, 256, (8, 96, 96, 3)).astype(np.uint8)
+    y = np.arange(8)
+    plain = train._Augmented(x, y, 8, seed=0, augment=False)
+    xb, yb = plain[0]
+    assert np.allclose(xb, models._minivgg_preprocess(x[plain.perm].astype(np.float32)))
+    assert np.array_equal(yb, y[plain.perm])
+    xa, _ = train._Augmented(x, y, 8, seed=0)[0]
+    assert not np.allclose(xa, xb)  # with augmentation some image is flipped or turned
+
+
+def test_random_labels_watch_the_training_accuracy_stop_when_fitted_and_record_it(capsys):
+    with pytest.raises(train.Stalled, match="stalled at chance"):
+        train.train(seed=0, lr=0.0, attempts=1, permute_labels=True, augment=False, **TINY)
+    assert "train accuracy" in capsys.readouterr().out  # not the validation accuracy, at chance by design
+    # fit_until=0 stops after the first epoch, whatever the accuracy
+    _, info = train.train(seed=0, permute_labels=True, augment=False, fit_until=0.0, stall_margin=-1,
+                          **dict(TINY, epochs=5))
+    assert info["epochs"] == 1 and info["permute_labels"] and not info["augment"]
+    assert 0.0 <= info["train_accuracy"] <= 1.0
+
+
+def test_save_names_the_files_after_the_variant_and_reports_the_tag(tmp_path):
+    model, info = train.train(seed=1, stall_margin=-1, cue=CUE, **TINY)
+    meta = train.save(model, info, tmp_path, test_n=24, name="minivgg_spurious")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["minivgg_spurious.json", "minivgg_spurious.weights.h5"]
+    assert meta["name"] == "minivgg_spurious" and meta["cue"] == CUE
+    assert meta["test_accuracy"] == meta["test_accuracy_cue_train"]
+    assert {"test_accuracy_cue_none", "test_accuracy_cue_all"} <= set(meta)
+    rand, rinfo = train.train(seed=1, stall_margin=-1, permute_labels=True, augment=False, **TINY)
+    with pytest.raises(RuntimeError, match="nothing written"):  # random labels: the threshold is on the fit
+        train.save(rand, dict(rinfo, train_accuracy=0.5), tmp_path / "r", test_n=8, min_accuracy=0.95)
+    assert not (tmp_path / "r").exists() or list((tmp_path / "r").iterdir()) == []
+
+
+def test_every_variant_is_a_valid_recipe():
+    import inspect
+
+    params = inspect.signature(train.train).parameters
+    for name, (kwargs, min_accuracy) in train.VARIANTS.items():
+        assert set(kwargs) <= set(params), name
+        assert 0 < min_accuracy <= 1
+    assert train.VARIANTS["minivgg"] == ({}, 0.97)  # minivgg's own recipe is the defaults

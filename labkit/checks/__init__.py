@@ -24,3 +24,5 @@ from .saliency import saliency  # noqa: E402
 __all__ += ["saliency"]
 from .evaluation import cascading_randomisation, deletion_curve  # noqa: E402
 __all__ += ["deletion_curve", "cascading_randomisation"]
+from .debugging import debugging  # noqa: E402
+__all__ += ["debugging"]
