@@ -62,6 +62,18 @@ def _evaluate(args) -> int:
 
     backbone = models.load(args.backbone)
     if not args.methods:
+        cue = models.minivgg_metadata(args.backbone).get("cue")
+        if cue:  # a model trained with a tag on its images: accuracy with the tag as in training, and without it
+            from labkit import debugging
+
+            accs = debugging.spurious_accuracy(backbone, n=args.n, seed=args.seed, cue_class=cue["cue_class"],
+                                               p_class=cue["p_class"], p_other=cue["p_other"])
+            print(f"{args.backbone} on {args.n} fresh shapes images (seed {args.seed})")
+            print(f"accuracy with the tag as in training ({cue['p_class']:.0%} of {cue['cue_class']}s, "
+                  f"{cue['p_other']:.0%} of the others): {accs['train']:.4f}")
+            print(f"accuracy with the tag removed:            {accs['none']:.4f}")
+            print(f"accuracy with the tag on every image:     {accs['all']:.4f}")
+            return 0
         acc = models.evaluate(backbone, n=args.n, seed=args.seed)
         print(f"{args.backbone} on {args.n} fresh shapes images (seed {args.seed})")
         print(f"accuracy: {acc:.4f}")
@@ -78,6 +90,15 @@ def _evaluate(args) -> int:
     print(f"{args.backbone} on {table.n} fresh shapes images (seed {args.seed}), explaining the true class")
     print(table.format())
     return 0
+
+
+def _minivgg_names() -> list[str]:
+    """minivgg and its variants, by their metadata files in data/ (as models.variants(), without importing Keras)."""
+    import os
+    from pathlib import Path
+
+    data = Path(os.environ.get("LABKIT_DATA", Path(__file__).resolve().parent.parent / "data"))
+    return ["minivgg"] + sorted(p.name[: -len(".json")] for p in data.glob("minivgg_*.json"))
 
 
 # the methods `evaluate --methods` knows (labkit.evaluation.METHODS; not imported here: --help stays fast)
@@ -98,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_fetch)
 
     s = sub.add_parser("evaluate", help="test accuracy of minivgg, or the table of metrics of the explanation methods")
-    s.add_argument("backbone", choices=["minivgg"])
+    s.add_argument("backbone", choices=_minivgg_names(),
+                   help="minivgg or one of its variants in data/ (minivgg_spurious: with and without its tag)")
     s.add_argument("--n", type=int, default=2000, help="number of test images (default 2000)")
     s.add_argument("--seed", type=int, default=1, help="dataset seed (default 1, never used in training)")
     s.add_argument("--methods", nargs="+", metavar="M", choices=("all",) + _EVAL_METHODS,

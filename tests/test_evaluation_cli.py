@@ -34,3 +34,19 @@ def test_evaluate_methods_prints_the_table_of_methods_and_baselines():
         assert len(values) == 5 and all(re.fullmatch(r"-?\d\.\d{3}", v) for v in values), (name, values)
     # a baseline knows nothing of the model: randomising the model leaves it as it was
     assert rows["edges"][3] == rows["edges"][4] == "1.000"
+
+
+def test_evaluate_the_spurious_variant_with_and_without_its_tag():
+    """minivgg_spurious looks good with the tag as in training; the same images without it tell the truth."""
+    r = labkit("evaluate", "minivgg_spurious", "--n", "60")
+    assert r.returncode == 0, r.stderr
+    accs = dict(re.findall(r"accuracy with the tag (as in training|removed|on every image)\b.*?:\s+(\d\.\d{4})", r.stdout))
+    assert set(accs) == {"as in training", "removed", "on every image"}, r.stdout
+    assert float(accs["as in training"]) > float(accs["removed"])
+
+
+def test_evaluate_knows_the_variants_in_data():
+    r = labkit("evaluate", "--help")
+    assert r.returncode == 0
+    for name in ("minivgg_spurious", "minivgg_randlabels"):
+        assert name in r.stdout
