@@ -181,6 +181,7 @@ def test_solution_widgets_redraw(page, lab, shots, notebook):
     page.screenshot(path=shots / f"{notebook.stem}-before.png")
 
     timings = []
+    TIMINGS.append(f"{relpath}: Run All {ran_s:.1f} s")
     for i, control in enumerate(controls):
         before = page.evaluate(CELL_IMAGES_JS, i)
         assert before["images"], f"{relpath}: {control['kind']} '{control['label']}' has no figure below it"
@@ -205,11 +206,11 @@ def test_solution_widgets_redraw(page, lab, shots, notebook):
             raise AssertionError(f"{relpath}: moving {control['kind']} '{control['label']}' did not redraw its figure "
                                  f"within {REDRAW_S} s{detail}") from None
         timings.append((control["label"], time.monotonic() - start - 2 * POLL_S))
+        TIMINGS[-1] = f"{relpath}: Run All {ran_s:.1f} s; redraws: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings)
         after = page.evaluate(CELL_IMAGES_JS, i)
         assert not after["traceback"], f"{relpath}: {control['label']}: error in the widget's output:\n{after['traceback']}"
     show_controls(page)
     page.screenshot(path=shots / f"{notebook.stem}-after.png")
-    TIMINGS.append(f"{relpath}: Run All {ran_s:.1f} s; redraws: " + ", ".join(f"{label} {s:.1f} s" for label, s in timings))
 
 
 def test_student_path_stops_at_first_exercise(page, lab, shots):
@@ -231,6 +232,10 @@ def test_student_path_stops_at_first_exercise(page, lab, shots):
     t0 = time.monotonic()
     run_all(page, relpath)
     TIMINGS.append(f"{relpath}: Run All to the first exercise {time.monotonic() - t0:.1f} s")
+    page.evaluate("""() => document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)')
+        .querySelector('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
+        ?.closest('.jp-Cell').scrollIntoView({block: 'start'})""")
+    time.sleep(0.3)
     page.screenshot(path=shots / "student-00-ran.png")
     nb = saved_notebook(page, lab, relpath)
     errors = errors_in(nb)
