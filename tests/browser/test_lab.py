@@ -16,15 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from .conftest import ROOT, TIMINGS, browser_missing
-
-MISSING = browser_missing()
-if MISSING:
-    import os
-
-    if os.environ.get("LABKIT_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"browser tests cannot run (LABKIT_REQUIRE_BROWSER=1): {MISSING}", pytrace=False)
-    pytest.skip(f"browser tests skipped: {MISSING}", allow_module_level=True)
+from .conftest import ROOT, TIMINGS
 
 RUN_ALL_S = 300  # a whole solution notebook (each is <= 60 s under nbval) on a loaded 2-core machine
 KERNEL_S = 120  # a kernel's start
