@@ -24,9 +24,15 @@ REDRAW_S = 15  # generous: the lab's target is 2 s per redraw on minivgg (issue 
 POLL_S = 0.1
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
 def uses_widgets(path: Path) -> bool:
+    """A notebook with widgets: it uses ipywidgets (interact, controls), or its stored outputs hold a widget."""
     nb = nbformat.read(path, as_version=4)
-    return any(c.cell_type == "code" and re.search(r"\bipywidgets\b", c.source) for c in nb.cells)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    return any(re.search(r"\bipywidgets\b|\binteract(ive)?\(", c.source) for c in code) or any(
+        WIDGET_VIEW in o.get("data", {}) for c in code for o in c.get("outputs", []))
 
 
 WIDGET_NOTEBOOKS = [p for p in sorted((ROOT / "solutions").glob("*.ipynb")) if uses_widgets(p)]
