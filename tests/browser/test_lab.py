@@ -155,9 +155,10 @@ def move(page, index: int, kind: str):
 
 def show_controls(page):
     """Scroll the first control to the top of the window: the screenshot shows it and the figure below it."""
-    page.evaluate("""() => document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)')
-                        .querySelector('.widget-slider, .widget-dropdown').scrollIntoView({block: 'start'})""")
-    time.sleep(0.3)
+    for _ in range(2):  # again after a moment: JupyterLab may scroll to the active cell meanwhile
+        page.evaluate("""() => document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)')
+                            .querySelector('.widget-slider, .widget-dropdown').scrollIntoView({block: 'start'})""")
+        time.sleep(0.4)
 
 
 @pytest.mark.parametrize("notebook", WIDGET_NOTEBOOKS, ids=[p.stem for p in WIDGET_NOTEBOOKS])
