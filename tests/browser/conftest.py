@@ -211,3 +211,16 @@ def pytest_terminal_summary(terminalreporter, config):
         terminalreporter.write_line(f"browser: {line}")
     if folder and folder.is_dir() and any(folder.iterdir()):
         terminalreporter.write_line(f"browser screenshots: {folder}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call" and report.failed and "page" in item.funcargs:
+        folder = item.funcargs.get("shots")
+        if folder is not None:  # what the page showed when the test failed
+            try:
+                item.funcargs["page"].screenshot(path=folder / f"FAILED-{item.name}.png".replace("/", "_"))
+            except Exception:  # noqa: BLE001 (a screenshot must not hide the failure itself)
+                pass
+    return report

@@ -163,6 +163,7 @@ def show_controls(page):
 
 @pytest.mark.parametrize("notebook", WIDGET_NOTEBOOKS, ids=[p.stem for p in WIDGET_NOTEBOOKS])
 def test_solution_widgets_redraw(page, lab, shots, notebook):
+    """Run All, no error anywhere; then each slider and dropdown, moved once, redraws its figure in time."""
     relpath = f"solutions/{notebook.name}"
     open_notebook(page, lab, relpath)
     t0 = time.monotonic()
@@ -213,6 +214,7 @@ def test_solution_widgets_redraw(page, lab, shots, notebook):
 
 
 def test_student_path_stops_at_first_exercise(page, lab, shots):
+    """make lab's page is notebook 00, with no news pop-up; Run All stops at the first exercise's own message."""
     # The page `make lab` opens: the server's default URL.
     lab.shutdown_kernels()
     page.goto(lab.page_url("?reset"))
