@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests --ignore=tests/browser
 	@if ls solutions/*.ipynb >/dev/null 2>&1; then $(BIN)/python -m pytest --nbval-lax -p no:cacheprovider solutions; fi
 	@# The lab in headless Chromium; without a Chromium this prints one line saying it was skipped.
-	$(BIN)/python -m pytest tests/browser
+	$(BIN)/python -m pytest tests/browser -rfE
 
 # Retrain the embedded backbone (about 10 min on 2 CPU cores); writes data/minivgg.*
 weights: $(STAMP)

@@ -63,14 +63,33 @@ def browser_missing() -> str | None:
 
 
 def pytest_report_header(config):
+    return None if browser_missing() else f"browser: {find_chromium()}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def browser_available():
+    """Skip every browser test with one line where there is no browser; fail instead under LABKIT_REQUIRE_BROWSER=1."""
     missing = browser_missing()
-    return f"browser: {missing}" if missing else f"browser: {find_chromium()}"
+    if missing and os.environ.get("LABKIT_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"browser tests cannot run (LABKIT_REQUIRE_BROWSER=1): {missing}", pytrace=False)
+    if missing:
+        pytest.skip(f"browser tests skipped: {missing}")
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _die_with_parent():
+    """In the server's process (Linux): get SIGTERM if pytest dies, so no server outlives a killed run."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class Lab:
@@ -121,7 +140,8 @@ def lab(tmp_path_factory):
     if os.geteuid() == 0:
         command.append("--allow-root")  # as make lab does for root (containers, CI)
     with open(log, "w") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   preexec_fn=_die_with_parent)
     server = Lab(f"http://127.0.0.1:{port}", token, root, process, log)
     started = time.monotonic()
     try:
@@ -184,7 +204,23 @@ def pytest_terminal_summary(terminalreporter, config):
     factory = getattr(config, "_tmp_path_factory", None)
     base = getattr(factory, "_basetemp", None)
     folder = Path(base) / "browser-screenshots" if base else None
+    missing = browser_missing()
+    if missing and terminalreporter.stats.get("skipped"):
+        terminalreporter.write_line(f"browser tests skipped: {missing}", yellow=True, bold=True)
     for line in TIMINGS:
         terminalreporter.write_line(f"browser: {line}")
     if folder and folder.is_dir() and any(folder.iterdir()):
         terminalreporter.write_line(f"browser screenshots: {folder}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call" and report.failed and "page" in item.funcargs:
+        folder = item.funcargs.get("shots")
+        if folder is not None:  # what the page showed when the test failed
+            try:
+                item.funcargs["page"].screenshot(path=folder / f"FAILED-{item.name}.png".replace("/", "_"))
+            except Exception:  # noqa: BLE001 (a screenshot must not hide the failure itself)
+                pass
+    return report

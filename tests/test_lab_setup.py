@@ -1,4 +1,8 @@
-"""The lab's Jupyter kernel runs Keras on torch whatever a notebook imports first.
+"""`make lab`'s JupyterLab: the page it opens, no news pop-up, and a kernel that runs Keras on torch.
+
+The browser tests (tests/browser/) check the same in Chromium; these checks need no browser.
+
+The lab's Jupyter kernel runs Keras on torch whatever a notebook imports first.
 
 Keras picks its backend when it is first imported; its default is tensorflow, which the lab does not install.
 `import labkit` pins torch, but a student who types `import keras` first would get "No module named
@@ -7,11 +11,30 @@ KERAS_BACKEND=torch. Other setups (the conda environment, which has tensorflow) 
 (tests/test_models.py).
 """
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
 from jupyter_client.manager import start_new_kernel
+from traitlets.config.loader import PyFileConfigLoader
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "jupyter" / "jupyter_lab_config.py"
+
+
+def test_make_lab_uses_the_project_config():
+    assert "--config=jupyter/jupyter_lab_config.py" in (REPO / "Makefile").read_text()
+
+
+def test_lab_opens_notebook_00_without_news():
+    config = PyFileConfigLoader(CONFIG.name, path=str(CONFIG.parent)).load_config()
+    url = config.LabApp.default_url
+    assert url.startswith("/lab/tree/notebooks/00_"), url
+    assert (Path(config.ServerApp.root_dir) / url.removeprefix("/lab/tree/")).is_file(), f"{url}: no such notebook"
+    overrides = json.loads((Path(config.LabApp.app_settings_dir) / "overrides.json").read_text())
+    assert overrides["@jupyterlab/apputils-extension:notification"]["fetchNews"] == "false"
+    assert config.LabApp.news_url is None
 
 # make's stamp: this Python is the .venv that `make lab` and `make test` create and set up.
 MADE_BY_MAKE = (Path(sys.prefix) / ".labkit-installed").exists()
