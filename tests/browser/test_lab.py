@@ -24,15 +24,17 @@ REDRAW_S = 15  # generous: the lab's target is 2 s per redraw on minivgg (issue 
 POLL_S = 0.1
 
 
-WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+# Controls a student moves. A tqdm progress bar is a widget too (HBox + FloatProgress) but has nothing to move.
+CONTROL_MODEL = re.compile(r"(Slider|Dropdown|ToggleButtons|RadioButtons|Select)Model$")
 
 
 def uses_widgets(path: Path) -> bool:
-    """A notebook with widgets: it uses ipywidgets (interact, controls), or its stored outputs hold a widget."""
+    """A notebook with controls: its code uses ipywidgets or interact, or its saved widget state holds a control."""
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
     return any(re.search(r"\bipywidgets\b|\binteract(ive)?\(", c.source) for c in code) or any(
-        WIDGET_VIEW in o.get("data", {}) for c in code for o in c.get("outputs", []))
+        CONTROL_MODEL.search(model.get("model_name", "")) for model in state.values())
 
 
 WIDGET_NOTEBOOKS = [p for p in sorted((ROOT / "solutions").glob("*.ipynb")) if uses_widgets(p)]
