@@ -28,13 +28,13 @@ def _info(args) -> int:
 
     dev = models.device()
     gpu = f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""
-    print(f"labkit      {labkit.__version__}")
-    print(f"python      {platform.python_version()}")
-    print(f"torch       {torch.__version__}")
-    print(f"keras       {keras.__version__} (backend: {keras.backend.backend()})")
-    print(f"device      {dev}{gpu}")
-    for name in models.BACKBONES + models.variants():
-        print(f"{name:<11} {models.backbone_state(name)}")
+    names = models.BACKBONES + models.variants()
+    width = max(11, *(len(name) for name in names))
+    rows = [("labkit", labkit.__version__), ("python", platform.python_version()), ("torch", torch.__version__),
+            ("keras", f"{keras.__version__} (backend: {keras.backend.backend()})"), ("device", f"{dev}{gpu}")]
+    rows += [(name, models.backbone_state(name)) for name in names]
+    for key, value in rows:
+        print(f"{key:<{width}} {value}")
     return 0
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from labkit import cli, data, models
 
-SHIPPED = ("minivgg_spurious", "minivgg_randlabels")  # minivgg_plain: `python -m labkit.train --variant minivgg_plain`
+SHIPPED = ("minivgg_plain", "minivgg_spurious", "minivgg_randlabels")
 
 
 def test_the_shipped_variants_are_found():
@@ -35,8 +35,9 @@ def test_variant_metadata_says_what_it_was_trained_on():
     spurious = models.minivgg_metadata("minivgg_spurious")
     assert spurious["cue"]["cue_class"] in data.CLASSES and spurious["aux_weight"] == 1.0
     assert spurious["test_accuracy"] == spurious["test_accuracy_cue_train"] > spurious["test_accuracy_cue_none"]
-    if "minivgg_plain" in models.variants():
-        assert models.minivgg_metadata("minivgg_plain")["aux_weight"] == 0.0
+    plain, minivgg = models.minivgg_metadata("minivgg_plain"), models.minivgg_metadata("minivgg")
+    assert plain["aux_weight"] == 0.0 and minivgg["aux_weight"] > 0  # the one difference in the recipe
+    assert plain["train_seconds"] <= 15 * 60 and plain["test_accuracy"] >= 0.97
     rand = models.minivgg_metadata("minivgg_randlabels")
     assert rand["permute_labels"] and rand["train_accuracy"] >= 0.95 and rand["test_accuracy"] < 0.35
 
