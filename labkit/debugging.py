@@ -19,8 +19,9 @@ CUE_MODES = ("train", "none", "all")  # the tag as in training, removed from eve
 METHODS = ("gradcam", "saliency", "guided_backprop", "occlusion")
 
 
-def spurious_accuracy(backbone, n: int = 1000, seed: int = 1, cue_class: str = lkdata.CUE_CLASS, p_class: float = 0.95,
-                      p_other: float = 0.02, progress: bool = True) -> dict[str, float]:
+def spurious_accuracy(backbone, n: int = 1000, seed: int = 1, cue_class: str = lkdata.CUE_CLASS,
+                      p_class: float = lkdata.CUE_P_CLASS, p_other: float = lkdata.CUE_P_OTHER,
+                      progress: bool = True) -> dict[str, float]:
     """Top-1 accuracy on ``n`` fresh shapes with the tag as in training ("train"), removed ("none") and on
     every image ("all"): the same images each time, only the tag differs. For ``labkit evaluate``.
     """

@@ -1,7 +1,7 @@
 """The stage 09 check: it passes the notebook's solution and names each mistake it claims to catch.
 
-It runs on minivgg_spurious, the model the notebook passes: on a model that ignores the tag most mistakes
-would give the right number, which is why the check lists only the mistakes that differ on its images.
+It runs on minivgg_spurious, the model the notebook passes, and on minivgg_randlabels: the spurious model flips
+every tagged shape, so several mistakes give its right number too; the second model tells them apart.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from labkit import checks, data, models
-from labkit.checks.debugging import _mutants, check_shapes
+from labkit.checks.debugging import CONTRAST, _mutants, check_shapes
 
 CUE = data.CLASSES.index(data.CUE_CLASS)
 
@@ -112,8 +112,19 @@ def test_each_mistake_gets_its_hint(spurious, capsys, mistake, hint):
     assert out.startswith("HINT [09 debugging]") and hint in out, out
 
 
-def test_the_mutants_differ_from_the_reference_on_the_check_images(spurious):
+def test_each_mutant_differs_from_the_reference_with_one_of_the_check_models(spurious):
     s = check_shapes()
-    mutants, ref = _mutants(spurious, s.images, s.labels, s.corners)
+    spur, ref = _mutants(spurious, s.images, s.labels, s.corners)
     assert ref > 0.3  # the spurious model flips: the check's images make the point
-    assert all(abs(v - ref) > 1e-6 for v in mutants.values())
+    contrast, ref_c = _mutants(models.load(CONTRAST), s.images, s.labels, s.corners)
+    for hint in spur:
+        assert abs(spur[hint] - ref) > 1e-6 or abs(contrast[hint] - ref_c) > 1e-6, hint
+
+
+def test_a_wrong_answer_the_spurious_model_cannot_reveal_is_caught(spurious, capsys):
+    """Counting every wrong prediction gives the spurious model's flip rate (it calls every tagged shape a
+    circle); the contrast model tells it apart."""
+    s = check_shapes()
+    assert any_mistake(spurious, s.images, s.labels, s.corners) == flip_rate(spurious, s.images, s.labels, s.corners)
+    assert not checks.debugging(any_mistake, spurious)
+    assert "every tagged image the model gets wrong" in capsys.readouterr().out

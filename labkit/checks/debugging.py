@@ -4,10 +4,13 @@ The student's function puts the tag (``labkit.data.add_cue``) on every image who
 ``labkit.data.CUE_CLASS``, in the corner given for it, and returns the share of those tagged images that the
 model now assigns to ``CUE_CLASS``. The reference is :func:`labkit.debugging.flip_rate`.
 
-The check runs the student's function on fixed untagged shapes with the backbone the notebook passes (the
-spurious model: a model that ignores the tag would make most mistakes give the same number). Each listed
-mistake is recomputed on the same images, and an answer equal to one of them gets that mistake's hint; a
-mistake that happens to give the reference's number on these images is not listed.
+The check runs the student's function on fixed untagged shapes, first with the backbone the notebook passes
+(the spurious model), then with ``minivgg_randlabels`` (CONTRAST). The spurious model calls every tagged shape
+a circle, so on it several mistakes give the right number too (counting every changed or wrong prediction
+gives 1.0 as well); the permuted-labels model answers the tag irregularly (some predictions move to the cue
+class, some to others, most are wrong anyway), which tells those mistakes apart. Each listed mistake is
+recomputed on the same images and model, and an answer equal to one of them gets that mistake's hint; a
+mistake that happens to give the reference's number with a model is not listed for that model.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from .base import Hint, as_array, call_student, close, match, one_thread, report
 STAGE = "09 debugging"
 N = 48
 SEED = 9013  # fixed check images, never the notebook's: every listed mistake gives another number on them
+CONTRAST = "minivgg_randlabels"  # the second model the check runs the student's function with (module docstring)
 
 
 def check_shapes(n: int = N, seed: int = SEED):
@@ -64,21 +68,30 @@ def _mutants(backbone, images, labels, corners) -> dict:
 
 
 def debugging(student_fn, backbone, shapes=None) -> bool:
-    """PASS when ``student_fn(backbone, images, labels, corners)`` gives the reference flip rate."""
+    """PASS when ``student_fn(backbone, images, labels, corners)`` gives the reference flip rate, with the
+    notebook's backbone and with CONTRAST."""
+    from .. import models
 
-    def run():
-        s = check_shapes() if shapes is None else shapes
+    def one_model(model, s):
         images, labels, corners = s.images.copy(), s.labels.copy(), s.corners.copy()
         with one_thread():
-            answer = call_student(student_fn, backbone, images, labels, corners, what="flip_rate")
+            answer = call_student(student_fn, model, images, labels, corners, what="flip_rate")
             if not np.array_equal(images, s.images):
                 raise Hint("flip_rate changed the images it was given: tag a copy (data.add_cue returns one)")
-            mutants, ref = _mutants(backbone, s.images, s.labels, s.corners)
+            mutants, ref = _mutants(model, s.images, s.labels, s.corners)
         value = as_array(answer, "flip_rate")
         if value.size != 1:
             raise Hint(f"flip_rate returned an array of shape {value.shape}: return one number, the share")
         mutants = {hint: (None if close(wrong, ref) else wrong) for hint, wrong in mutants.items()}
-        match(float(value), ref, mutants, "your flip rate", rtol=1e-6)
-        return f"flip rate {ref:.2f} on the check's {int((s.labels != lkdata.CLASSES.index(lkdata.CUE_CLASS)).sum())} images"
+        match(float(value), ref, mutants, f"your flip rate with {model.name}", rtol=1e-6)
+        return ref
+
+    def run():
+        s = check_shapes() if shapes is None else shapes
+        ref = one_model(backbone, s)
+        if backbone.name != CONTRAST:
+            one_model(models.load(CONTRAST), s)
+        n = int((s.labels != lkdata.CLASSES.index(lkdata.CUE_CLASS)).sum())
+        return f"flip rate {ref:.2f} on the check's {n} images (and the right number with {CONTRAST} too)"
 
     return report(STAGE, run)
