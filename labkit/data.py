@@ -228,8 +228,8 @@ def make_shapes(n: int, seed: int = 0, start: int = 0, size: int = IMAGE_SIZE, p
 CUE_SIZE = 8  # the tag's side in pixels at IMAGE_SIZE = 96: a 4 x 4 checkerboard of 2 px cells
 CUE_MARGIN = 2  # pixels between the tag and the image border
 CUE_CLASS = "circle"  # the class the tag co-occurs with in minivgg_spurious's training images
-# minivgg_spurious's training correlation: the tag on every circle and on no other shape. With the tag on 95% of
-# the circles the untagged 5% taught the model the shape too (the notebook and README give the numbers).
+# minivgg_spurious's training correlation: the tag on every circle and on no other shape. A model trained with the
+# tag on 95% of the circles learnt their shape from the untagged 5% too, and lost little accuracy without the tag.
 CUE_P_CLASS = 1.0
 CUE_P_OTHER = 0.0
 CUE_SEED = 2**30  # the cue's own random stream: the image under the tag is the same with or without it
