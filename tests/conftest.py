@@ -164,3 +164,23 @@ def one_thread():
 
     with _one_thread():
         yield
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    """One Jupyter kernel for a test module's notebooks (tests/test_notebooks.py, tests/test_student_notebooks.py).
+
+    Starting a kernel and importing labkit (torch, keras) costs ~10 s on the course machine; paying it once per
+    module keeps those files fast. Each test resets the namespace (``%reset -f``) before a notebook, so a
+    notebook that forgets an import still fails with NameError; only the module cache is shared.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.util import run_sync
+
+    km = NotebookClient(nbformat.v4.new_notebook(), kernel_name="python3").create_kernel_manager()
+    try:
+        yield km
+    finally:
+        if km.has_kernel:
+            run_sync(km.shutdown_kernel)(now=True)

@@ -47,25 +47,6 @@ def first_stub(nb) -> int:
     raise AssertionError("the student notebook has no exercise stub")
 
 
-@pytest.fixture(scope="module")
-def kernel():
-    """One kernel for all the student notebooks, its namespace reset before each one.
-
-    Starting a kernel and importing labkit (torch, keras) costs ~10 s on the course machine; paying it
-    once keeps this file fast with eight stages. ``%reset -f`` empties the namespace, so a notebook that
-    forgets an import still fails with NameError; only the module cache is shared.
-    """
-    from nbclient import NotebookClient
-    from nbclient.util import run_sync
-
-    km = NotebookClient(nbformat.v4.new_notebook(), kernel_name="python3").create_kernel_manager()
-    try:
-        yield km
-    finally:
-        if km.has_kernel:
-            run_sync(km.shutdown_kernel)(now=True)
-
-
 @pytest.mark.parametrize("path", STUDENT, ids=lambda p: p.name)
 def test_student_notebook_stops_at_its_first_exercise(path, kernel):
     """Run as handed out, a student notebook runs cleanly until the NotImplementedError of its first stub."""

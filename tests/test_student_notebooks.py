@@ -194,20 +194,6 @@ def test_failing_line_reads_both_traceback_styles():
 # Every student notebook, run to the end
 
 
-@pytest.fixture(scope="module")
-def kernel():
-    """One kernel for every notebook, its namespace reset before each (importing torch and keras once)."""
-    from nbclient import NotebookClient
-    from nbclient.util import run_sync
-
-    km = NotebookClient(nbformat.v4.new_notebook(), kernel_name="python3").create_kernel_manager()
-    try:
-        yield km
-    finally:
-        if km.has_kernel:
-            run_sync(km.shutdown_kernel)(now=True)
-
-
 def run_student(path: Path, km):
     """The notebook's cells after a run to the end with every error allowed (cell i of the notebook)."""
     from nbclient import NotebookClient
